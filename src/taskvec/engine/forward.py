@@ -1,0 +1,94 @@
+"""Forward passes that return only what task-vector work needs.
+
+``next_token_logits`` computes the unembedding at the last position only; ``last_position_states``
+runs the decoder blocks (no unembedding) and stops after the deepest block it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
+from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
+from taskvec.models.loading import LoadedModel
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@torch.no_grad()
+def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> torch.Tensor:
+    """Logits (B, V) of the token after each row's last position, as float32 on the CPU."""
+    kwargs = batch.model_inputs()
+    if lm.adapter.accepts_logits_to_keep:
+        kwargs["logits_to_keep"] = 1
+    out = lm.model(**kwargs, past_key_values=past_key_values, use_cache=past_key_values is not None)
+    return out.logits[:, -1, :].float().cpu()
+
+
+@torch.no_grad()
+def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -> torch.Tensor:
+    """Block outputs at the last position, (len(layers), B, H) float32 on the CPU."""
+    store: dict[int, torch.Tensor] = {}
+    with capture_last_position(lm.adapter.layers, sorted(set(layers)), store, stop_after_last=True):
+        try:
+            lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
+        except StopForward:
+            pass
+    return torch.stack([store[layer].float().cpu() for layer in layers])
+
+
+def _check_layer(lm: LoadedModel, layer: int) -> None:
+    from taskvec.errors import TaskvecError
+
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < lm.num_layers:
+        raise TaskvecError(f"layer {layer!r} is out of range: this model has layers 0..{lm.num_layers - 1}")
+
+
+def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:
+    for layer in layers:
+        _check_layer(lm, layer)
+    return list(layers)
+
+
+def patches_for_rows(layers: Sequence[int], vectors: torch.Tensor) -> Mapping[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Group rows by the block they are patched at: {layer: (row indices, vectors)}."""
+    by_layer: dict[int, list[int]] = {}
+    for row, layer in enumerate(layers):
+        by_layer.setdefault(int(layer), []).append(row)
+    return {
+        layer: (torch.tensor(rows, dtype=torch.long), vectors[torch.tensor(rows, dtype=torch.long)])
+        for layer, rows in by_layer.items()
+    }
+
+
+@torch.no_grad()
+def predict_token_ids(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    patch_layers: Sequence[int] | None = None,
+    patch_vectors: torch.Tensor | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Greedy next token of each prompt (LongTensor, N), optionally patching row i at ``patch_layers[i]``."""
+    rows = encode(lm, prompts)
+    result = torch.empty(len(rows), dtype=torch.long)
+    for group in length_sorted_chunks(rows, batch_size):
+        batch = collate(lm, [rows[i] for i in group])
+        patches = {}
+        if patch_layers is not None and patch_vectors is not None:
+            patches = patches_for_rows([patch_layers[i] for i in group], patch_vectors[group])
+        with patch_last_position(lm.adapter.layers, patches):
+            result[group] = next_token_logits(lm, batch).argmax(dim=-1)
+    return result
+
+
+def decode_prediction(lm: LoadedModel, token_id: int) -> str:
+    """The paper's cleaning of a generated token: decode, cut at the first newline, strip."""
+    return lm.tokenizer.decode([int(token_id)]).split("\n")[0].strip()
+
+
+def decode_predictions(lm: LoadedModel, token_ids: torch.Tensor) -> list[str]:
+    return [decode_prediction(lm, t) for t in token_ids.tolist()]

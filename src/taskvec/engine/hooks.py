@@ -1,0 +1,82 @@
+"""Forward hooks on decoder blocks: read or replace the block output at the last position.
+
+Every context manager removes its hooks on exit, also when the forward pass raises. A block output
+is either a tensor or a tuple whose first item is the hidden state (GPT-J); both are handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def _hidden(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed layers have run."""
+
+
+@contextmanager
+def _registered(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture_last_position(
+    layers: nn.ModuleList, which: list[int], store: dict[int, torch.Tensor], stop_after_last: bool = False
+) -> Iterator[None]:
+    """Record ``store[l]`` = output of block ``l`` at the last position (B, H), for each ``l`` in ``which``.
+
+    With ``stop_after_last`` the forward pass is cut short by :class:`StopForward` after the deepest
+    block in ``which``; the caller catches it.
+    """
+    deepest = max(which)
+
+    def make(index: int):
+        def hook(module, args, output):
+            store[index] = _hidden(output)[:, -1, :].detach()
+            if stop_after_last and index == deepest:
+                raise StopForward
+
+        return hook
+
+    handles = [layers[i].register_forward_hook(make(i)) for i in which]
+    with _registered(handles):
+        yield
+
+
+@contextmanager
+def patch_last_position(
+    layers: nn.ModuleList, patches: Mapping[int, tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[None]:
+    """Replace the output of block ``l`` at the last position by given vectors.
+
+    ``patches[l] = (rows, vectors)``: batch rows ``rows`` (LongTensor, R) get ``vectors`` (R, H) at
+    block ``l``. Different rows of one batch may be patched at different blocks.
+    """
+
+    def make(rows: torch.Tensor, vectors: torch.Tensor):
+        def hook(module, args, output):
+            hidden = _hidden(output)
+            patched = hidden.clone()
+            patched[rows.to(hidden.device), -1, :] = vectors.to(device=hidden.device, dtype=hidden.dtype)
+            return _with_hidden(output, patched)
+
+        return hook
+
+    handles = [layers[i].register_forward_hook(make(rows, vecs)) for i, (rows, vecs) in patches.items()]
+    with _registered(handles):
+        yield

