@@ -67,7 +67,9 @@ def extract_task_vector(
     else:
         held_out = range(max(0, len(demonstrations) - n_dummy), len(demonstrations))
         dummy_queries = [demonstrations[i][0] for i in held_out]
-        prompts = [template.icl_prompt(demonstrations[:i] + demonstrations[i + 1 :], demonstrations[i][0]) for i in held_out]
+        prompts = [
+            template.icl_prompt(demonstrations[:i] + demonstrations[i + 1 :], demonstrations[i][0]) for i in held_out
+        ]
     vectors = mean_states(lm, [prompts])[0]
     metadata = {
         "model_id": lm.model_id,

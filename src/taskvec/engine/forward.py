@@ -6,6 +6,7 @@ runs the decoder blocks (no unembedding) and stops after the deepest block it ne
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -31,11 +32,9 @@ def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> to
 def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -> torch.Tensor:
     """Block outputs at the last position, (len(layers), B, H) float32 on the CPU."""
     store: dict[int, torch.Tensor] = {}
-    with capture_last_position(lm.adapter.layers, sorted(set(layers)), store, stop_after_last=True):
-        try:
-            lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-        except StopForward:
-            pass
+    capture = capture_last_position(lm.adapter.layers, sorted(set(layers)), store, stop_after_last=True)
+    with capture, contextlib.suppress(StopForward):
+        lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
     return torch.stack([store[layer].float().cpu() for layer in layers])
 
 

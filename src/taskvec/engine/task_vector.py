@@ -35,7 +35,9 @@ class TaskVector:
         if chosen is None:
             raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
         if not 0 <= chosen < self.num_layers:
-            raise TaskvecError(f"layer {chosen!r} is out of range: this task vector has layers 0..{self.num_layers - 1}")
+            raise TaskvecError(
+                f"layer {chosen!r} is out of range: this task vector has layers 0..{self.num_layers - 1}"
+            )
         return self.vectors[chosen]
 
     def save(self, path: str | Path) -> None:

@@ -79,9 +79,8 @@ def find_decoder_layers(base: nn.Module, expected: int | None) -> nn.ModuleList:
     """The shallowest ModuleList of identical blocks, of the configured layer count when known."""
     candidates: list[tuple[int, nn.ModuleList]] = []
     for name, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if len({type(block) for block in module}) == 1:
-                candidates.append((name.count("."), module))
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(b) for b in module}) == 1:
+            candidates.append((name.count("."), module))
     if expected is not None:
         exact = [c for c in candidates if len(c[1]) == expected]
         candidates = exact or candidates

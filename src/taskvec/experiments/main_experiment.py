@@ -1,0 +1,120 @@
+"""The paper's main experiment for one task: dev layer sweep, then Regular / Hypothesis / Baseline on test."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+from taskvec.engine.extraction import mean_states
+from taskvec.engine.forward import decode_predictions, predict_token_ids
+from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.sweep import sweep_token_ids
+from taskvec.experiments.statistics import accuracy_entry
+from taskvec.models.loading import LoadedModel
+from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.tasks.definitions import Pair
+from taskvec.tasks.preparation import PreparedTask
+from taskvec.tasks.registry import PAPER_TASKS
+from taskvec.tasks.sampling import EvalSet, draw_splits
+from taskvec.tasks.scoring import is_correct
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """The protocol of a run; the defaults are the paper's."""
+
+    model: str = DEFAULT_MODEL
+    tasks: tuple[str, ...] = PAPER_TASKS
+    task_files: tuple[str, ...] = ()
+    shots: int = 5
+    n_dev: int = 50
+    n_test: int = 50
+    n_baseline: int = 100
+    n_dummy: int = 2
+    seed: int = 41
+    dtype: str = "float32"
+    batch_size: int = 32
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"], d["task_files"] = list(self.tasks), list(self.task_files)
+        return d
+
+
+def task_rng(seed: int, task_name: str) -> random.Random:
+    """One generator per task, so a task's samples do not depend on which tasks ran before it."""
+    return random.Random(f"{seed}:{task_name}")
+
+
+def _rows(task: str, split: str, method: str, layer, prompts, sets_or_pairs, predictions, correct) -> list[dict]:
+    rows = []
+    for i, (prompt, item, pred, ok) in enumerate(zip(prompts, sets_or_pairs, predictions, correct)):
+        pair = item.query if isinstance(item, EvalSet) else item
+        rows.append({"task": task, "split": split, "method": method, "set": i, "layer": layer, "prompt": prompt,
+                     "query": pair.input, "gold": pair.output, "prediction": pred, "correct": ok})  # fmt: skip
+    return rows
+
+
+def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -> tuple[dict, list[dict]]:
+    """Run one task through the protocol; returns its results entry and its per-example rows."""
+    started = time.perf_counter()
+    task, template, name = prepared.task, prepared.template, prepared.name
+    rng = task_rng(config.seed, name)
+    dev, test, baseline_pairs = draw_splits(
+        prepared.pairs, config.shots, config.n_dev, config.n_test, config.n_baseline, config.n_dummy, rng
+    )
+
+    def score(predictions: list[str], pairs: list[Pair]) -> list[bool]:
+        return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
+
+    def theta(sets: list[EvalSet], layers: list[int]):
+        groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
+        return mean_states(lm, groups, layers, batch_size=config.batch_size)
+
+    rows: list[dict] = []
+    # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
+    dev_prompts = [template.query_prompt(s.query.input) for s in dev]
+    dev_pairs = [s.query for s in dev]
+    sweep_ids = sweep_token_ids(lm, dev_prompts, theta(dev, list(range(lm.num_layers))))
+    dev_accuracy = []
+    for layer, ids in enumerate(sweep_ids):
+        preds = decode_predictions(lm, ids)
+        ok = score(preds, dev_pairs)
+        dev_accuracy.append(sum(ok) / len(ok))
+        rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
+    best = max(range(lm.num_layers), key=lambda layer: (dev_accuracy[layer], -layer))
+
+    # Test: the task vector at the best layer, regular ICL, and the zero-shot baseline.
+    test_pairs = [s.query for s in test]
+    test_prompts = [template.query_prompt(p.input) for p in test_pairs]
+    vectors = theta(test, [best])[:, 0, :]
+    tv_preds = decode_predictions(
+        lm, patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
+    )
+    icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
+    icl_preds = decode_predictions(lm, predict_token_ids(lm, icl_prompts, batch_size=config.batch_size))
+    bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
+    bl_preds = decode_predictions(lm, predict_token_ids(lm, bl_prompts, batch_size=config.batch_size))
+
+    tv_ok, icl_ok, bl_ok = score(tv_preds, test_pairs), score(icl_preds, test_pairs), score(bl_preds, baseline_pairs)
+    rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok)
+    rows += _rows(name, "test", "regular", None, icl_prompts, test, icl_preds, icl_ok)
+    rows += _rows(name, "test", "baseline", None, bl_prompts, baseline_pairs, bl_preds, bl_ok)
+    result = {
+        "category": task.category,
+        "description": task.description,
+        "source": task.source,
+        "n_pairs": len(task.pairs),
+        "n_usable": prepared.n_usable,
+        "answer_prefix": template.answer_prefix,
+        "regular": accuracy_entry(icl_ok),
+        "hypothesis": accuracy_entry(tv_ok),
+        "baseline": accuracy_entry(bl_ok),
+        "best_layer": best,
+        "best_layer_fraction": best / lm.num_layers,
+        "dev_accuracy_by_layer": dev_accuracy,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return result, rows

@@ -1,0 +1,148 @@
+"""Built-in tasks (the paper's 18 and the reference code's extras) and user task files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+from taskvec.errors import TaskDataError
+from taskvec.tasks.definitions import CATEGORIES, SCORINGS, Pair, Task
+from taskvec.tasks.generators import algorithmic_tasks
+
+PAPER_TASKS: tuple[str, ...] = (
+    "next_letter", "prev_letter", "list_first", "list_last", "to_upper", "to_lower",
+    "fr_en", "es_en", "en_fr", "en_es",
+    "present_gerund", "present_past", "plural_singular", "antonyms",
+    "country_capital", "person_language", "location_continent", "location_religion",
+)  # fmt: skip
+EXTRA_TASKS: tuple[str, ...] = (
+    "singular_plural", "present_past_perfect", "en_it", "it_en",
+    "list_min", "list_max", "list_length", "char_to_int", "int_to_char",
+)  # fmt: skip
+ALL_TASKS = PAPER_TASKS + EXTRA_TASKS
+TASK_GROUPS = {"paper": PAPER_TASKS, "extras": EXTRA_TASKS, "all": ALL_TASKS}
+
+
+@cache
+def builtin_task(name: str) -> Task:
+    """A built-in task by name (algorithmic ones are generated, the others read from data/)."""
+    if name not in ALL_TASKS:
+        raise TaskDataError(
+            f"unknown task {name!r}; known tasks: {', '.join(ALL_TASKS)} (or groups: paper, extras, all)"
+        )
+    generated = algorithmic_tasks()
+    if name in generated:
+        return generated[name]
+    resource = files("taskvec.tasks").joinpath("data", f"{name}.json")
+    return _task_from_document(json.loads(resource.read_text(encoding="utf-8")), name, "builtin")
+
+
+def resolve_task_names(spec: Iterable[str]) -> list[str]:
+    """Expand group names and commas ("paper,list_min") into task names, keeping order, no repeats."""
+    names: list[str] = []
+    for item in spec:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            for name in TASK_GROUPS.get(part, (part,)):
+                builtin_task(name)  # raises for unknown names
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def load_task_file(path: str | Path, category: str = "custom", scoring: str = "exact") -> Task:
+    """A task from a JSON, JSONL or CSV file of input/output pairs.
+
+    JSON: a list of {"input", "output"[, "alternatives"]} objects, or an object with "pairs" and
+    optional "name", "category", "scoring", "description". JSONL: one pair object per line. CSV: a
+    header with "input" and "output" columns and optionally "alternatives" (separated by "|").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskDataError(f"task file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            document = json.loads(text)
+            if isinstance(document, list):
+                document = {"pairs": document}
+        elif suffix == ".jsonl":
+            document = {"pairs": [json.loads(line) for line in text.splitlines() if line.strip()]}
+        elif suffix == ".csv":
+            document = {"pairs": _csv_rows(text, path)}
+        else:
+            raise TaskDataError(f"task file {str(path)!r} has suffix {suffix!r}; expected .json, .jsonl or .csv")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TaskDataError(f"task file {str(path)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise TaskDataError(f"task file {str(path)!r}: expected a list of pairs or an object with 'pairs'")
+    document.setdefault("name", path.stem)
+    document.setdefault("category", category)
+    document.setdefault("scoring", scoring)
+    return _task_from_document(document, str(path), str(path))
+
+
+def _csv_rows(text: str, path: Path) -> list[dict]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):
+        raise TaskDataError(f"task file {str(path)!r}: CSV header must have 'input' and 'output' columns")
+    rows = []
+    for row in reader:
+        alts = [a for a in (row.get("alternatives") or "").split("|") if a]
+        rows.append({"input": row["input"], "output": row["output"], "alternatives": alts})
+    return rows
+
+
+def _task_from_document(doc: dict, where: str, source: str) -> Task:
+    category = doc.get("category", "custom")
+    scoring = doc.get("scoring", "exact")
+    if scoring not in SCORINGS:
+        raise TaskDataError(f"{where}: scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
+    if category not in (*CATEGORIES, "custom"):
+        raise TaskDataError(f"{where}: category {category!r} is not one of {', '.join((*CATEGORIES, 'custom'))}")
+    pairs = _pairs(doc.get("pairs"), where)
+    return Task(
+        name=str(doc.get("name")),
+        category=category,
+        description=str(doc.get("description", "")),
+        scoring=scoring,
+        pairs=pairs,
+        provenance=str(doc.get("provenance", "")),
+        source=source,
+    )
+
+
+def _pairs(raw: object, where: str) -> tuple[Pair, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise TaskDataError(f"{where}: expected a non-empty list of pairs")
+    pairs: list[Pair] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw, start=1):
+        if not isinstance(item, dict):
+            raise TaskDataError(f"{where}: pair {i} is {item!r}; expected an object with 'input' and 'output'")
+        missing = [k for k in ("input", "output") if not isinstance(item.get(k), str) or not item[k].strip()]
+        if missing:
+            raise TaskDataError(f"{where}: pair {i} ({item!r}) is missing field(s) {', '.join(missing)}")
+        x, y = item["input"].strip(), item["output"].strip()
+        if x in seen:
+            raise TaskDataError(f"{where}: pair {i} repeats input {x!r} (first seen in pair {seen[x]})")
+        seen[x] = i
+        alternatives = item.get("alternatives") or []
+        if not isinstance(alternatives, list) or not all(isinstance(a, str) for a in alternatives):
+            raise TaskDataError(f"{where}: pair {i}: 'alternatives' must be a list of strings")
+        pairs.append(Pair(x, y, tuple(a.strip() for a in alternatives if a.strip() and a.strip() != y)))
+    return tuple(pairs)
+
+
+def load_tasks(names: Sequence[str], task_files: Sequence[str | Path] = ()) -> list[Task]:
+    tasks = [builtin_task(n) for n in resolve_task_names(names)] + [load_task_file(f) for f in task_files]
+    taken: set[str] = set()
+    for task in tasks:
+        if task.name in taken:
+            raise TaskDataError(f"two tasks are named {task.name!r}; rename the task file")
+        taken.add(task.name)
+    return tasks
