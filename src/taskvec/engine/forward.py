@@ -7,12 +7,14 @@ runs the decoder blocks (no unembedding) and stops after the deepest block it ne
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
+from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
 DEFAULT_BATCH_SIZE = 32
@@ -38,17 +40,33 @@ def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -
     return torch.stack([store[layer].float().cpu() for layer in layers])
 
 
-def _check_layer(lm: LoadedModel, layer: int) -> None:
-    from taskvec.errors import TaskvecError
-
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < lm.num_layers:
-        raise TaskvecError(f"layer {layer!r} is out of range: this model has layers 0..{lm.num_layers - 1}")
-
-
 def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:
+    """The layers as plain ints, each checked to be a decoder block of this model."""
+    checked = []
     for layer in layers:
-        _check_layer(lm, layer)
-    return list(layers)
+        try:
+            index = operator.index(layer) if not isinstance(layer, bool) else None
+        except TypeError:
+            index = None
+        if index is None:
+            raise TaskvecError(f"layer {layer!r} is not an integer; expected a layer index 0..{lm.num_layers - 1}")
+        if not 0 <= index < lm.num_layers:
+            raise TaskvecError(f"layer {layer!r} is out of range: this model has layers 0..{lm.num_layers - 1}")
+        checked.append(index)
+    return checked
+
+
+def check_queries(queries: Sequence[str], what: str = "queries") -> list[str]:
+    """A non-empty list of strings, or a clear error."""
+    if isinstance(queries, str):
+        raise TaskvecError(f"{what} must be a list of strings, got the single string {queries!r}")
+    queries = list(queries)
+    if not queries:
+        raise TaskvecError(f"no {what} given: expected at least one string")
+    bad = [q for q in queries if not isinstance(q, str)]
+    if bad:
+        raise TaskvecError(f"{what} must be strings, got {bad[0]!r}")
+    return queries
 
 
 def patches_for_rows(layers: Sequence[int], vectors: torch.Tensor) -> Mapping[int, tuple[torch.Tensor, torch.Tensor]]:

@@ -6,11 +6,28 @@ from collections.abc import Sequence
 
 import torch
 
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, decode_predictions, predict_token_ids
+from taskvec.engine.forward import (
+    DEFAULT_BATCH_SIZE,
+    check_layers,
+    check_queries,
+    decode_predictions,
+    predict_token_ids,
+)
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+
+
+def check_compatible(lm: LoadedModel, task_vector: TaskVector) -> None:
+    """The task vector must come from a model of this shape (layer count and hidden size)."""
+    layers, hidden = task_vector.vectors.shape
+    model_hidden = lm.model.get_input_embeddings().weight.shape[-1]
+    if layers != lm.num_layers or hidden != model_hidden:
+        raise TaskvecError(
+            f"task vector of shape ({layers} layers, hidden size {hidden}) does not fit this model "
+            f"({lm.num_layers} layers, hidden size {model_hidden}): it was extracted from another model"
+        )
 
 
 def template_of(task_vector: TaskVector) -> PromptTemplate:
@@ -33,17 +50,12 @@ def apply_task_vector(
     last position is REPLACED by theta (the whole residual stream there), and the forward pass goes
     on. Returns the greedy next token of each query, decoded and stripped.
     """
-    if task_vector.num_layers != lm.num_layers:
-        raise TaskvecError(
-            f"task vector has {task_vector.num_layers} layers but the model has {lm.num_layers}: "
-            "it was extracted from another model"
-        )
-    if isinstance(queries, str):
-        raise TaskvecError(f"queries must be a list of strings, got the single string {queries!r}")
+    check_compatible(lm, task_vector)
+    queries = check_queries(queries)
     chosen = task_vector.layer if layer is None else layer
     if chosen is None:
         raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
-    check_layers(lm, [chosen])
+    (chosen,) = check_layers(lm, [chosen])
     template = template or template_of(task_vector)
     prompts = [template.query_prompt(q) for q in queries]
     theta = task_vector.at(chosen).expand(len(prompts), -1)

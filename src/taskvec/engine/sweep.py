@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from taskvec.engine.batching import Batch, collate, encode
-from taskvec.engine.forward import check_layers, decode_predictions, next_token_logits, patches_for_rows
+from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits, patches_for_rows
 from taskvec.engine.hooks import patch_last_position
+from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
@@ -110,8 +111,8 @@ def layer_sweep(
     template: PromptTemplate | None = None,
 ) -> SweepResult:
     """Patch ``task_vector`` at each layer into each query; score against ``answers`` (exact match)."""
-    from taskvec.engine.patching import template_of
-
+    check_compatible(lm, task_vector)
+    queries = check_queries(queries)
     if answers is not None and len(answers) != len(queries):
         raise TaskvecError(f"got {len(queries)} queries but {len(answers)} answers; expected one answer per query")
     template = template or template_of(task_vector)

@@ -45,7 +45,7 @@ class TaskVector:
         from safetensors.torch import save_file
 
         path = Path(path)
-        meta = {"format_version": FORMAT_VERSION, "layer": self.layer, **self.metadata}
+        meta = {**self.metadata, "format_version": FORMAT_VERSION, "layer": self.layer}
         partial = path.with_name(path.name + ".partial")
         try:
             save_file({"vectors": self.vectors.contiguous().float()}, str(partial), metadata={_KEY: json.dumps(meta)})

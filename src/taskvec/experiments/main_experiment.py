@@ -10,9 +10,9 @@ from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
 from taskvec.engine.sweep import sweep_token_ids
-from taskvec.experiments.statistics import accuracy_entry
 from taskvec.models.loading import LoadedModel
 from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.registry import PAPER_TASKS

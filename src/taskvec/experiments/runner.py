@@ -14,10 +14,10 @@ from pathlib import Path
 
 from taskvec.errors import OutputDirectoryError, TaskDataError
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
-from taskvec.experiments.statistics import summarize
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
 from taskvec.report.results_io import write_json_atomic, write_jsonl_atomic
+from taskvec.stats import summarize
 from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.registry import load_tasks
 from taskvec.tasks.sampling import minimum_pairs
