@@ -177,21 +177,29 @@ def test_long_query_in_apply_and_sweep(short_context):
 
 
 def test_apply_vector_of_other_layer_count(llama, gemma, tv):
-    with pytest.raises(TaskvecError, match=r"task vector of shape \(3 layers, hidden size 32\) does not fit this model \(4 layers"):
+    with pytest.raises(
+        TaskvecError, match=r"task vector of shape \(3 layers, hidden size 32\) does not fit this model \(4 layers"
+    ):
         taskvec.apply_task_vector(gemma, tv, ["x"], layer=0)
     deeper = taskvec.extract_task_vector(gemma, DEMOS)
-    with pytest.raises(TaskvecError, match=r"task vector of shape \(4 layers, hidden size 32\) does not fit this model \(3 layers"):
+    with pytest.raises(
+        TaskvecError, match=r"task vector of shape \(4 layers, hidden size 32\) does not fit this model \(3 layers"
+    ):
         taskvec.apply_task_vector(llama, deeper, ["x"], layer=0)
 
 
 def test_layer_sweep_vector_with_fewer_layers(gemma, tv):
-    with pytest.raises(TaskvecError, match=r"task vector of shape \(3 layers, hidden size 32\) does not fit this model \(4 layers"):
+    with pytest.raises(
+        TaskvecError, match=r"task vector of shape \(3 layers, hidden size 32\) does not fit this model \(4 layers"
+    ):
         taskvec.layer_sweep(gemma, tv, ["x"])
 
 
 def test_layer_sweep_vector_with_more_layers(llama):
     deeper = taskvec.extract_task_vector(make_tiny_model("gemma3"), DEMOS)
-    with pytest.raises(TaskvecError, match=r"task vector of shape \(4 layers, hidden size 32\) does not fit this model \(3 layers"):
+    with pytest.raises(
+        TaskvecError, match=r"task vector of shape \(4 layers, hidden size 32\) does not fit this model \(3 layers"
+    ):
         taskvec.layer_sweep(llama, deeper, ["x"])
 
 
