@@ -67,32 +67,22 @@ def make_tokenizer(with_bos: bool) -> PreTrainedTokenizerFast:
 
 def _config(family: str, num_layers: int, max_positions: int, attn: str):
     common = {"vocab_size": VOCAB_SIZE, "pad_token_id": PAD_ID, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
+    llama_like = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": 64,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": max_positions,
+        "initializer_range": INIT_RANGE,
+        "tie_word_embeddings": False,
+        "attn_implementation": attn,
+        **common,
+    }
     if family == "llama":
-        return LlamaForCausalLM, LlamaConfig(
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=max_positions,
-            initializer_range=INIT_RANGE,
-            tie_word_embeddings=False,
-            attn_implementation=attn,
-            **common,
-        )
+        return LlamaForCausalLM, LlamaConfig(**llama_like)
     if family == "qwen2":
-        return Qwen2ForCausalLM, Qwen2Config(
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=max_positions,
-            initializer_range=INIT_RANGE,
-            tie_word_embeddings=False,
-            attn_implementation=attn,
-            **common,
-        )
+        return Qwen2ForCausalLM, Qwen2Config(**llama_like)
     if family == "gemma3":
         layer_types = [("sliding_attention" if i % 2 == 0 else "full_attention") for i in range(num_layers)]
         return Gemma3ForCausalLM, Gemma3TextConfig(
