@@ -351,3 +351,10 @@ def test_concatenate_verified_right_checksum(tmp_path):
     dense_cache.concatenate_verified(paths, target, hashlib.sha256(data).hexdigest())
     assert target.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "part0.bin", "part1.bin", "part2.bin"]
+
+
+def test_a_typo_of_a_bundled_name_fails_fast_with_a_suggestion():
+    from taskvec.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="did you mean the bundled model 'gemma-3-270m'"):
+        taskvec.load_model("gemma-3-27m")

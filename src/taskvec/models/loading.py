@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,12 @@ def _local_folder(spec: str) -> tuple[str, dict[str, str]]:
         return str(path), {"path": str(path.resolve())}
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelNotFoundError(f"model path {spec!r} does not exist")
+    close = difflib.get_close_matches(spec, list(BUNDLED_MODELS), n=1, cutoff=0.8)
+    if close:  # a typo of a bundled name: say so now rather than after the hub's network retries
+        raise ModelNotFoundError(
+            f"unknown model {spec!r}: did you mean the bundled model {close[0]!r}? "
+            f"Bundled models: {', '.join(BUNDLED_MODELS)}; or give a local folder, a .gguf file or a hub id"
+        )
     return spec, {"hub_id": spec}
 
 
