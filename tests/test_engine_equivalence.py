@@ -16,7 +16,7 @@ from taskvec.engine import sweep as sweep_module
 from taskvec.engine.batching import collate, encode
 from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import last_position_states, next_token_logits, patches_for_rows, predict_token_ids
-from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
+from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position, skip_blocks
 from taskvec.engine.patching import patched_token_ids
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.adapter import ArchitectureAdapter, find_decoder_layers, find_final_norm
@@ -239,32 +239,73 @@ def test_rows_patched_at_different_layers_equal_each_row_alone(lm):
 # --- the cached layer sweep -------------------------------------------------------------------------
 
 
-def test_cached_sweep_logits_equal_full_forward(lm_any_attn, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "full-logits"])
+def test_cached_sweep_equals_full_forward_at_every_layer(lm_any_attn, fast):
     lm = lm_any_attn
     vectors = donor_states(lm)  # (N, L, H)
     layers = list(range(lm.num_layers))
+    batch = collate(lm, encode(lm, PROMPTS))
+    with torch.no_grad():  # as in sweep_token_ids
+        cache, arity = sweep_module._prefix_cache(lm, batch)
+        ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)  # (N, L), one forward
+        for layer in layers:
+            full = full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS))
+            assert_argmax_matches(ids[:, layer], full)
+        # The prefix cache is reused, never consumed: a second pass over it gives the same ids.
+        again = sweep_module._last_token_ids(lm, batch, cache, vectors, layers[1:], arity, fast)
+    assert torch.equal(again, ids[:, 1:])
+    assert ids.unique().numel() >= 2
+
+
+def test_slow_path_logits_equal_full_forward(lm, monkeypatch):
     recorded: list[torch.Tensor] = []
 
     def recording_next_token_logits(*args, **kwargs):
-        logits = next_token_logits(*args, **kwargs)
-        recorded.append(logits)
-        return logits
+        recorded.append(next_token_logits(*args, **kwargs))
+        return recorded[-1]
 
     monkeypatch.setattr(sweep_module, "next_token_logits", recording_next_token_logits)
+    vectors = donor_states(lm)
+    layers = list(range(lm.num_layers))
     batch = collate(lm, encode(lm, PROMPTS))
-    with torch.no_grad():  # as in sweep_token_ids
-        cache = sweep_module._prefix_cache(lm, batch)
-        ids = sweep_module._last_token_patched(lm, batch, cache, vectors, layers)  # (N, L)
-    assert len(recorded) == 1
+    with torch.no_grad():
+        cache, arity = sweep_module._prefix_cache(lm, batch)
+        sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast=False)
     cached = recorded[0].view(len(PROMPTS), len(layers), -1)  # rows are prompt-major
     for layer in layers:
-        full = full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS))
-        close(cached[:, layer], full)
-        assert_argmax_matches(ids[:, layer], full)
-    # The prefix cache is reused, never consumed: a second pass over it gives the same logits.
+        close(cached[:, layer], full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS)))
+
+
+def test_argmax_over_vocab_slices_equals_argmax_of_full_logits():
+    torch.manual_seed(0)
+    head = nn.Linear(8, 50)
+    hidden = torch.randn(6, 8)
+    for slice_rows in (1, 7, 50, 4096):
+        assert torch.equal(sweep_module.argmax_over_vocab(head, hidden, slice_rows), head(hidden).argmax(dim=-1))
+    tied = nn.Linear(2, 4, bias=False)
     with torch.no_grad():
-        sweep_module._last_token_patched(lm, batch, cache, vectors, layers[:1])
-    close(recorded[1], recorded[0].view(len(PROMPTS), len(layers), -1)[:, 0])
+        tied.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.5]]))
+    assert sweep_module.argmax_over_vocab(tied, torch.tensor([[1.0, 0.0]]), slice_rows=1).item() == 1  # first on ties
+
+
+def test_skipping_lower_blocks_is_verified_and_can_be_turned_off(lm):
+    fresh = make_tiny_model(lm.model_id.removeprefix("tiny-"), seed=3)
+    assert fresh.adapter.skip_blocks_verified is None
+    vectors = donor_states(fresh)
+    fast = sweep_token_ids(fresh, PROMPTS, vectors)
+    assert fresh.adapter.skip_blocks_verified is True  # every standard decoder passes the check
+    fresh.adapter.skip_blocks_verified = False  # as for a model that shares keys/values across layers
+    assert torch.equal(sweep_token_ids(fresh, PROMPTS, vectors), fast)
+
+
+def test_skip_blocks_restores_forward_even_on_error(lm):
+    blocks = lm.adapter.layers
+    originals = [block.forward for block in blocks]
+    with pytest.raises(RuntimeError, match="boom"), skip_blocks(blocks, len(blocks) - 1, None):
+        assert blocks[0].forward(torch.ones(1)) is not None
+        raise RuntimeError("boom")
+    assert [block.forward for block in blocks] == originals
+    assert all("forward" not in block.__dict__ for block in blocks)
 
 
 @pytest.mark.parametrize("max_rows", [3, 1, 256], ids=["max_rows3", "max_rows1", "default"])
@@ -284,7 +325,7 @@ def test_sweep_token_ids_equal_patched_full_forward(lm_any_attn, max_rows):
 
 
 def test_sweep_chunks_prompts_and_layers(lm):
-    """One prompt with max_rows=3 puts 3 layers in one last-token forward; a subset of layers in any order."""
+    """Prompts split into groups of max_rows; a subset of layers in any order."""
     vectors = donor_states(lm)
     layers = list(range(lm.num_layers))[::-1]
     reference = sweep_token_ids(lm, PROMPTS, vectors, layers, max_rows=256)
@@ -298,14 +339,17 @@ def test_sweep_chunks_prompts_and_layers(lm):
 
 def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
     rows_per_forward: list[int] = []
+    real_argmax = sweep_module.argmax_over_vocab
 
-    def counting_next_token_logits(lm_, batch, past_key_values=None):
-        rows_per_forward.append(len(batch))
-        return next_token_logits(lm_, batch, past_key_values=past_key_values)
+    def counting_argmax(unembedding, hidden, *args):
+        rows_per_forward.append(hidden.shape[0])
+        return real_argmax(unembedding, hidden, *args)
 
-    monkeypatch.setattr(sweep_module, "next_token_logits", counting_next_token_logits)
     vectors = donor_states(lm)
     layers = list(range(lm.num_layers))
+    sweep_token_ids(lm, PROMPTS, vectors, layers)  # the one-time check of the fast path, not counted
+    assert lm.adapter.skip_blocks_verified is True
+    monkeypatch.setattr(sweep_module, "argmax_over_vocab", counting_argmax)
     for n_prompts, max_rows in [(5, 3), (1, 3), (2, 5), (5, 256)]:
         rows_per_forward.clear()
         sweep_token_ids(lm, PROMPTS[:n_prompts], vectors[:n_prompts], layers, max_rows=max_rows)

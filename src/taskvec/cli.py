@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the paper's main experiment: Regular / Task vector / Baseline per task")
     run.add_argument("--model", default=DEFAULT_MODEL, help="model spec, or several separated by commas")
-    run.add_argument("--tasks", nargs="*", default=["paper"], help="task names or groups (paper, extras, all)")
+    run.add_argument(
+        "--tasks", nargs="*", default=None,
+        help="task names or groups: paper, extras, all (default: paper, or none when --task-file is given)",
+    )  # fmt: skip
     run.add_argument("--task-file", action="append", default=[], help="extra task from a JSON/JSONL/CSV of pairs")
     run.add_argument("--shots", type=int, default=5)
     run.add_argument("--n-dev", type=int, default=50)
@@ -90,7 +93,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     _positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy", "batch_size")
     models = [m.strip() for m in args.model.split(",") if m.strip()]
-    tasks = tuple(resolve_task_names(args.tasks)) if args.tasks else ()
+    names = args.tasks if args.tasks is not None else ([] if args.task_file else ["paper"])
+    tasks = tuple(resolve_task_names(names))
+    if not tasks and not args.task_file:
+        raise TaskvecError("no tasks to run: name built-in tasks with --tasks or give --task-file")
     base = Path(args.out) if args.out else Path("taskvec-runs")
     run_dirs = []
     for model in models:

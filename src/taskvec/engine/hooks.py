@@ -80,3 +80,28 @@ def patch_last_position(
     handles = [layers[i].register_forward_hook(make(rows, vecs)) for i, (rows, vecs) in patches.items()]
     with _registered(handles):
         yield
+
+
+@contextmanager
+def skip_blocks(layers: nn.ModuleList, upto: int, arity: int | None) -> Iterator[None]:
+    """Make blocks ``0..upto`` pass their input hidden state through unchanged (no compute, no cache update).
+
+    Used with a patch at block ``upto``, whose output at the (only) position is replaced anyway. ``arity``
+    is how the blocks return: None for a tensor, n for a tuple of n items with the hidden state first.
+    """
+
+    def passthrough(*args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden if arity is None else (hidden, *([None] * (arity - 1)))
+
+    saved = [(block, block.__dict__.get("forward")) for block in layers[: upto + 1]]
+    for block, _ in saved:
+        block.forward = passthrough
+    try:
+        yield
+    finally:
+        for block, original in saved:
+            if original is None:
+                del block.forward
+            else:
+                block.forward = original

@@ -7,22 +7,28 @@ each layer: each extra layer costs one token instead of a whole prompt.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from taskvec.engine.batching import Batch, collate, encode
+from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits, patches_for_rows
-from taskvec.engine.hooks import patch_last_position
+from taskvec.engine.hooks import patch_last_position, skip_blocks
 from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
-DEFAULT_MAX_ROWS = 256  # rows of one last-token forward (bounds the (rows, vocab) logits tensor)
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ROWS = 256  # rows of one last-token forward
+VOCAB_SLICE = 4096  # unembedding rows per matrix product of the argmax (no (rows, vocab) logits tensor)
 
 
 @torch.no_grad()
@@ -36,7 +42,9 @@ def sweep_token_ids(
     """Greedy next token of prompt i with ``vectors[i, l]`` patched at block l, for each l in ``layers``.
 
     ``vectors`` is (N, num_layers, H). Returns (len(layers), N). Prompts are processed in groups of up to
-    ``max_rows``; within a group, the key/value cache of all tokens but the last is computed once.
+    ``max_rows``; within a group the key/value cache of all tokens but the last is computed once. Then the
+    last token runs for several (prompt, layer) rows per forward, adjacent layers together, so that the
+    blocks below the chunk's lowest layer can be skipped (their output there is replaced by the patch).
     """
     layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
     rows = encode(lm, prompts)
@@ -45,30 +53,47 @@ def sweep_token_ids(
     out = torch.empty(len(layers), len(rows), dtype=torch.long)
     group_size = min(len(rows), max_rows)  # prompts sharing one prefix forward
     per_forward = max(1, max_rows // group_size)  # layers per last-token forward
-    for start in range(0, len(rows), group_size):
-        idx = list(range(start, min(len(rows), start + group_size)))
-        batch = collate(lm, [rows[i] for i in idx])
-        prefix_cache = _prefix_cache(lm, batch)
-        for l0 in range(0, len(layers), per_forward):
-            chunk = layers[l0 : l0 + per_forward]
-            ids = _last_token_patched(lm, batch, prefix_cache, vectors[idx], chunk)  # (len(idx), len(chunk))
-            out[l0 : l0 + len(chunk), idx[0] : idx[-1] + 1] = ids.T
+    by_depth = sorted(range(len(layers)), key=lambda j: layers[j])
+    for group in chunks(len(rows), group_size):
+        batch = collate(lm, rows[group])
+        prefix_cache, arity = _prefix_cache(lm, batch)
+        fast = _fast_path_verified(lm, batch, prefix_cache, arity, vectors[group])
+        for part in chunks(len(by_depth), per_forward):
+            picked = by_depth[part]
+            chunk = [layers[j] for j in picked]
+            ids = _last_token_ids(lm, batch, prefix_cache, vectors[group], chunk, arity, fast)  # (n, k)
+            out[picked, group] = ids.T
     return out
 
 
 def _prefix_cache(lm: LoadedModel, batch: Batch):
-    out = lm.adapter.base_model(
-        input_ids=batch.input_ids[:, :-1],
-        attention_mask=batch.attention_mask[:, :-1],
-        position_ids=batch.position_ids[:, :-1],
-        use_cache=True,
-    )
-    return out.past_key_values
+    """Keys and values of all tokens but the last, and how a block returns its output (None: a tensor;
+    n: a tuple of n items, hidden state first)."""
+    arity: list[int | None] = []
+
+    def record(module, args, output):
+        arity.append(len(output) if isinstance(output, tuple) else None)
+
+    handle = lm.adapter.layers[0].register_forward_hook(record)
+    try:
+        out = lm.adapter.base_model(
+            input_ids=batch.input_ids[:, :-1],
+            attention_mask=batch.attention_mask[:, :-1],
+            position_ids=batch.position_ids[:, :-1],
+            use_cache=True,
+        )
+    finally:
+        handle.remove()
+    return out.past_key_values, arity[0]
 
 
-def _last_token_patched(lm: LoadedModel, batch: Batch, prefix_cache, vectors: torch.Tensor, layers: list[int]):
-    """One forward of the last token for every (prompt, layer) pair, rows ordered prompt-major."""
-    n, k = len(batch), len(layers)
+def _last_token_ids(
+    lm: LoadedModel, batch: Batch, prefix_cache, vectors: torch.Tensor, chunk: list[int], arity, fast: bool
+) -> torch.Tensor:
+    """Next token (n, k) of each prompt's last token with ``vectors[:, l]`` patched at each block l of
+    ``chunk``: one forward over n * k rows, prompt-major. ``fast`` skips the blocks below ``min(chunk)``
+    and takes the argmax over vocabulary slices instead of building full logits."""
+    n, k = len(batch), len(chunk)
     cache = copy.deepcopy(prefix_cache)
     if k > 1:
         cache.batch_repeat_interleave(k)
@@ -77,11 +102,50 @@ def _last_token_patched(lm: LoadedModel, batch: Batch, prefix_cache, vectors: to
         attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
         position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
     )
-    row_layers = layers * n
-    row_vectors = vectors[:, layers, :].reshape(n * k, -1)
-    with patch_last_position(lm.adapter.layers, patches_for_rows(row_layers, row_vectors)):
-        logits = next_token_logits(lm, step, past_key_values=cache)
-    return logits.argmax(dim=-1).view(n, k)
+    patches = patches_for_rows(chunk * n, vectors[:, chunk, :].reshape(n * k, -1))
+    skipped = skip_blocks(lm.adapter.layers, min(chunk), arity) if fast else contextlib.nullcontext()
+    with skipped, patch_last_position(lm.adapter.layers, patches):
+        if fast:
+            out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
+            ids = argmax_over_vocab(lm.adapter.unembedding, out.last_hidden_state[:, -1])
+        else:
+            ids = next_token_logits(lm, step, past_key_values=cache).argmax(dim=-1)
+    return ids.view(n, k)
+
+
+def argmax_over_vocab(unembedding: torch.nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE):
+    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time."""
+    weight = unembedding.weight
+    bias = getattr(unembedding, "bias", None)
+    hidden = hidden.to(device=weight.device, dtype=weight.dtype)
+    best_value = torch.full((hidden.shape[0],), -torch.inf, device=weight.device)
+    best_index = torch.zeros(hidden.shape[0], dtype=torch.long, device=weight.device)
+    for start in range(0, weight.shape[0], slice_rows):
+        stop = start + slice_rows
+        logits = F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
+        value, index = logits.float().max(dim=-1)
+        better = value > best_value  # strict: an earlier slice keeps ties
+        best_value = torch.where(better, value, best_value)
+        best_index = torch.where(better, index + start, best_index)
+    return best_index.cpu()
+
+
+def _fast_path_verified(lm: LoadedModel, batch: Batch, prefix_cache, arity, vectors: torch.Tensor) -> bool:
+    """Whether the fast path (skipped lower blocks, sliced argmax) gives this model's exact predictions.
+
+    It does for standard decoders: a skipped block's output at the patched position is overwritten and
+    its keys/values there are seen by that position only, and the logits are the unembedding of the final
+    hidden state up to a monotone map. Models that share keys/values across layers or post-process logits
+    otherwise would fail; the check, run once per model, compares both paths and falls back if they differ.
+    """
+    if lm.adapter.skip_blocks_verified is None:
+        chunk = [max(0, lm.num_layers - 2)]
+        exact = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=False)
+        fast = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=True)
+        lm.adapter.skip_blocks_verified = bool(torch.equal(exact, fast))
+        if not lm.adapter.skip_blocks_verified:
+            logger.warning("the sweep's fast path changes this model's predictions: using full forwards")
+    return lm.adapter.skip_blocks_verified
 
 
 @dataclass
