@@ -290,11 +290,11 @@ def test_argmax_over_vocab_slices_equals_argmax_of_full_logits():
 
 def test_skipping_lower_blocks_is_verified_and_can_be_turned_off(lm):
     fresh = make_tiny_model(lm.model_id.removeprefix("tiny-"), seed=3)
-    assert fresh.adapter.skip_blocks_verified is None
+    assert fresh.adapter.fast_sweep_verified is None
     vectors = donor_states(fresh)
     fast = sweep_token_ids(fresh, PROMPTS, vectors)
-    assert fresh.adapter.skip_blocks_verified is True  # every standard decoder passes the check
-    fresh.adapter.skip_blocks_verified = False  # as for a model that shares keys/values across layers
+    assert fresh.adapter.fast_sweep_verified is True  # every standard decoder passes the check
+    fresh.adapter.fast_sweep_verified = False  # as for a model that shares keys/values across layers
     assert torch.equal(sweep_token_ids(fresh, PROMPTS, vectors), fast)
 
 
@@ -348,7 +348,7 @@ def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
     vectors = donor_states(lm)
     layers = list(range(lm.num_layers))
     sweep_token_ids(lm, PROMPTS, vectors, layers)  # the one-time check of the fast path, not counted
-    assert lm.adapter.skip_blocks_verified is True
+    assert lm.adapter.fast_sweep_verified is True
     monkeypatch.setattr(sweep_module, "argmax_over_vocab", counting_argmax)
     for n_prompts, max_rows in [(5, 3), (1, 3), (2, 5), (5, 256)]:
         rows_per_forward.clear()

@@ -100,16 +100,17 @@ def _config(family: str, num_layers: int, max_positions: int, attn: str):
             attn_implementation=attn,
             **common,
         )
+    gpt_like = {
+        "n_embd": HIDDEN,
+        "n_layer": num_layers,
+        "n_head": 4,
+        "n_positions": max_positions,
+        "initializer_range": INIT_RANGE,
+        "attn_implementation": attn,
+        **common,
+    }
     if family == "gpt2":
-        return GPT2LMHeadModel, GPT2Config(
-            n_embd=HIDDEN,
-            n_layer=num_layers,
-            n_head=4,
-            n_positions=max_positions,
-            initializer_range=INIT_RANGE,
-            attn_implementation=attn,
-            **common,
-        )
+        return GPT2LMHeadModel, GPT2Config(**gpt_like)
     if family == "gpt_neox":
         return GPTNeoXForCausalLM, GPTNeoXConfig(
             hidden_size=HIDDEN,
@@ -122,16 +123,7 @@ def _config(family: str, num_layers: int, max_positions: int, attn: str):
             **common,
         )
     if family == "gptj":
-        return GPTJForCausalLM, GPTJConfig(
-            n_embd=HIDDEN,
-            n_layer=num_layers,
-            n_head=4,
-            rotary_dim=4,
-            n_positions=max_positions,
-            initializer_range=INIT_RANGE,
-            attn_implementation=attn,
-            **common,
-        )
+        return GPTJForCausalLM, GPTJConfig(rotary_dim=4, **gpt_like)
     raise ValueError(f"unknown family {family!r}")
 
 

@@ -33,11 +33,12 @@ def run_demo(lm: LoadedModel, task_name: str = "to_upper", shots: int = 5, n_que
     rest = pairs[shots + 2 :]
     new, choose = rest[:n_queries], rest[n_queries : n_queries + 30] or rest[:n_queries]
     template = prepared.template
-    theta = extract_task_vector(lm, [(p.input, p.output) for p in demos], [p.input for p in dummies], template=template)
+    demo_pairs = [(p.input, p.output) for p in demos]
+    theta = extract_task_vector(lm, demo_pairs, [p.input for p in dummies], template=template)
     sweep = layer_sweep(lm, theta, [p.input for p in choose], [p.output for p in choose])
     theta.layer = sweep.best_layer
     queries = [p.input for p in new]
-    icl_prompts = [template.icl_prompt([(p.input, p.output) for p in demos], q) for q in queries]
+    icl_prompts = [template.icl_prompt(demo_pairs, q) for q in queries]
     regular = decode_predictions(lm, predict_token_ids(lm, icl_prompts))
     patched = apply_task_vector(lm, theta, queries)
     zero_shot = decode_predictions(lm, predict_token_ids(lm, [template.query_prompt(q) for q in queries]))
@@ -47,4 +48,4 @@ def run_demo(lm: LoadedModel, task_name: str = "to_upper", shots: int = 5, n_que
                      "correct": {k: is_correct(v, pair, prepared.task.scoring)
                                  for k, v in (("regular", r), ("task_vector", t), ("zero_shot", z))}})  # fmt: skip
     best_index = sweep.layers.index(theta.layer)
-    return DemoResult(task_name, [(p.input, p.output) for p in demos], theta.layer, sweep.accuracy[best_index], rows)
+    return DemoResult(task_name, demo_pairs, theta.layer, sweep.accuracy[best_index], rows)

@@ -59,9 +59,7 @@ def apply_task_vector(
     template = template or template_of(task_vector)
     prompts = [template.query_prompt(q) for q in queries]
     theta = task_vector.at(chosen).expand(len(prompts), -1)
-    ids = predict_token_ids(
-        lm, prompts, patch_layers=[chosen] * len(prompts), patch_vectors=theta, batch_size=batch_size
-    )
+    ids = patched_token_ids(lm, prompts, theta, [chosen] * len(prompts), batch_size)
     return decode_predictions(lm, ids)
 
 

@@ -138,14 +138,14 @@ def _fast_path_verified(lm: LoadedModel, batch: Batch, prefix_cache, arity, vect
     hidden state up to a monotone map. Models that share keys/values across layers or post-process logits
     otherwise would fail; the check, run once per model, compares both paths and falls back if they differ.
     """
-    if lm.adapter.skip_blocks_verified is None:
+    if lm.adapter.fast_sweep_verified is None:
         chunk = [max(0, lm.num_layers - 2)]
         exact = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=False)
         fast = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=True)
-        lm.adapter.skip_blocks_verified = bool(torch.equal(exact, fast))
-        if not lm.adapter.skip_blocks_verified:
+        lm.adapter.fast_sweep_verified = bool(torch.equal(exact, fast))
+        if not lm.adapter.fast_sweep_verified:
             logger.warning("the sweep's fast path changes this model's predictions: using full forwards")
-    return lm.adapter.skip_blocks_verified
+    return lm.adapter.fast_sweep_verified
 
 
 @dataclass

@@ -29,8 +29,8 @@ class ArchitectureAdapter:
     prefix_ids: list[int]  # token ids put before every prompt by us (empty when the tokenizer adds BOS)
     accepts_logits_to_keep: bool
     max_positions: int | None
-    #: Whether the cached sweep may skip the blocks below the patched one (checked on first use).
-    skip_blocks_verified: bool | None = None
+    #: Whether the sweep's fast path (skipped lower blocks, sliced argmax) matches full forwards (checked once).
+    fast_sweep_verified: bool | None = None
 
     @property
     def num_layers(self) -> int:
