@@ -1,0 +1,29 @@
+"""Argument helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from taskvec.errors import TaskvecError
+from taskvec.models.registry import BUNDLED_MODELS, DEFAULT_MODEL
+
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def add_model_argument(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"bundled name ({', '.join(BUNDLED_MODELS)}), folder, .gguf or hub id{help_suffix}",
+    )  # fmt: skip
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse ``--name`` values below 1 with a message naming the option and the value."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise TaskvecError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -1,0 +1,75 @@
+"""``taskvec run``: the paper's main experiment (Regular / Task vector / Baseline per task)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from taskvec.commands._common import add_dtype_argument, add_model_argument, require_positive
+from taskvec.errors import TaskvecError
+
+NAME = "run"
+HELP = "the paper's main experiment: Regular / Task vector / Baseline per task"
+ORDER = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser, "; several separated by commas")
+    parser.add_argument(
+        "--tasks", nargs="*", default=None,
+        help="task names or groups: paper, extras, all (default: paper, or none when --task-file is given)",
+    )  # fmt: skip
+    parser.add_argument("--task-file", action="append", default=[], help="extra task from a JSON/JSONL/CSV of pairs")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--n-dev", type=int, default=50)
+    parser.add_argument("--n-test", type=int, default=50)
+    parser.add_argument("--n-baseline", type=int, default=100)
+    parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries averaged per task vector")
+    parser.add_argument("--seed", type=int, default=41)
+    add_dtype_argument(parser)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/<model>)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from taskvec.experiments.main_experiment import MainConfig
+    from taskvec.experiments.runner import run_main
+    from taskvec.report import write_comparison
+    from taskvec.tasks.registry import resolve_task_names
+
+    require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy", "batch_size")
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    names = args.tasks if args.tasks is not None else ([] if args.task_file else ["paper"])
+    tasks = tuple(resolve_task_names(names))
+    if not tasks and not args.task_file:
+        raise TaskvecError("no tasks to run: name built-in tasks with --tasks or give --task-file")
+    base = Path(args.out) if args.out else Path("taskvec-runs")
+    run_dirs = []
+    for model in models:
+        out = base / Path(model).name if (len(models) > 1 or not args.out) else base
+        config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
+                            n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
+                            seed=args.seed, dtype=args.dtype, batch_size=args.batch_size)  # fmt: skip
+        bar = tqdm(total=None, unit="task", desc=model, file=sys.stderr)
+
+        def progress(task: str, done: int, total: int, bar=bar) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(task)
+            bar.refresh()
+
+        try:
+            results = run_main(config, out, progress=progress)
+        finally:
+            bar.close()
+        mean = results["summary"]["mean"]
+        print(f"{model}: {mean['n_tasks']} tasks  baseline {mean['baseline']:.2f}  task vector {mean['hypothesis']:.2f}"
+              f"  regular ICL {mean['regular']:.2f}  TV/ICL {mean['tv_over_icl'] or 0:.2f}  "
+              f"({results['timing']['seconds']:.0f} s)  -> {out}/report.html")  # fmt: skip
+        run_dirs.append(out)
+    if len(run_dirs) > 1:
+        paths = write_comparison(base, run_dirs)
+        print(f"comparison -> {paths['html']}")
