@@ -60,7 +60,9 @@ def test_same_seed_same_numbers_and_resume_skips_finished_tasks(tiny, tmp_path, 
     (tmp_path / "a" / "results.json").unlink()
     evaluated = []
     real = runner_module.evaluate_task
-    monkeypatch.setattr(runner_module, "evaluate_task", lambda lm, p, c: evaluated.append(p.name) or real(lm, p, c))
+    monkeypatch.setattr(
+        runner_module, "evaluate_task", lambda lm, p, c, **kw: evaluated.append(p.name) or real(lm, p, c, **kw)
+    )
     resumed = run_main(small_config(), tmp_path / "a", lm=tiny)
     assert evaluated == ["next_letter"]
     assert (

@@ -9,6 +9,7 @@ import torch
 from taskvec.engine.batching import collate, encode, length_sorted_chunks
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, last_position_states
 from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.task_vector import TaskVector
 from taskvec.engine.validation import check_demonstrations
 from taskvec.errors import TaskvecError
@@ -21,12 +22,18 @@ def mean_states(
     prompt_groups: Sequence[Sequence[str]],
     layers: Sequence[int] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    shared_prefix: bool = True,
 ) -> torch.Tensor:
     """For each group of prompts, the mean last-position block output: (groups, len(layers), H).
 
-    All prompts of all groups are batched together; the forward pass stops after the deepest layer.
+    With ``shared_prefix`` (prompts of a group share their demonstrations), each group's common token
+    prefix runs once (:mod:`taskvec.engine.shared_prefix`); otherwise every prompt runs whole, all groups
+    batched together. Either way the forward passes stop after the deepest layer.
     """
     layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
+    if shared_prefix:
+        out = run_prompt_groups(lm, prompt_groups, layers=layers, batch_size=batch_size)
+        return group_means(out.states, out.owner, len(prompt_groups))
     flat = [p for group in prompt_groups for p in group]
     owner = torch.tensor([g for g, group in enumerate(prompt_groups) for _ in group])
     rows = encode(lm, flat)
@@ -37,8 +44,12 @@ def mean_states(
             states = torch.empty(len(flat), len(layers), got.shape[-1])
         states[group] = got.transpose(0, 1)
     assert states is not None
-    sums = torch.zeros(len(prompt_groups), len(layers), states.shape[-1]).index_add_(0, owner, states)
-    counts = torch.bincount(owner, minlength=len(prompt_groups)).clamp(min=1)
+    return group_means(states, owner, len(prompt_groups))
+
+
+def group_means(states: torch.Tensor, owner: torch.Tensor, n_groups: int) -> torch.Tensor:
+    sums = torch.zeros(n_groups, *states.shape[1:]).index_add_(0, owner, states)
+    counts = torch.bincount(owner, minlength=n_groups).clamp(min=1)
     return sums / counts[:, None, None]
 
 

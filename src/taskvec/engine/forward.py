@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
 from taskvec.errors import TaskvecError
@@ -27,6 +28,7 @@ def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> to
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
     out = lm.model(**kwargs, past_key_values=past_key_values, use_cache=past_key_values is not None)
+    record_batch(batch, blocks=lm.num_layers, logit_rows=out.logits.shape[0] * out.logits.shape[1])
     return out.logits[:, -1, :].float().cpu()
 
 
@@ -37,7 +39,14 @@ def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -
     capture = capture_last_position(lm.adapter.layers, sorted(set(layers)), store, stop_after_last=True)
     with capture, contextlib.suppress(StopForward):
         lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
+    record_batch(batch, blocks=max(layers) + 1)
     return torch.stack([store[layer].float().cpu() for layer in layers])
+
+
+def record_batch(batch: Batch, blocks: int, logit_rows: int = 0) -> None:
+    """Count a forward over ``batch``'s new columns (all of them without a cache) for the accounting."""
+    new = batch.attention_mask[:, -batch.input_ids.shape[1] :]
+    record(tokens=int(new.sum()), padded_tokens=new.numel(), blocks=blocks, logit_rows=logit_rows)
 
 
 def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits, patches_for_rows
 from taskvec.engine.hooks import patch_last_position, skip_blocks
@@ -71,10 +72,10 @@ def _prefix_cache(lm: LoadedModel, batch: Batch):
     n: a tuple of n items, hidden state first)."""
     arity: list[int | None] = []
 
-    def record(module, args, output):
+    def note_arity(module, args, output):
         arity.append(len(output) if isinstance(output, tuple) else None)
 
-    handle = lm.adapter.layers[0].register_forward_hook(record)
+    handle = lm.adapter.layers[0].register_forward_hook(note_arity)
     try:
         out = lm.adapter.base_model(
             input_ids=batch.input_ids[:, :-1],
@@ -84,6 +85,8 @@ def _prefix_cache(lm: LoadedModel, batch: Batch):
         )
     finally:
         handle.remove()
+    record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
+           blocks=lm.num_layers)  # fmt: skip
     return out.past_key_values, arity[0]
 
 
@@ -108,6 +111,7 @@ def _last_token_ids(
         if fast:
             out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
             ids = argmax_over_vocab(lm.adapter.unembedding, out.last_hidden_state[:, -1])
+            record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - 1 - min(chunk), logit_rows=n * k)
         else:
             ids = next_token_logits(lm, step, past_key_values=cache).argmax(dim=-1)
     return ids.view(n, k)

@@ -6,9 +6,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from taskvec.engine.extraction import mean_states
+import torch
+
+from taskvec.engine.accounting import stage
+from taskvec.engine.extraction import group_means, mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
 from taskvec.models.registry import DEFAULT_MODEL
@@ -57,8 +61,31 @@ def _rows(task: str, split: str, method: str, layer, prompts, sets_or_pairs, pre
     return rows
 
 
-def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -> tuple[dict, list[dict]]:
-    """Run one task through the protocol; returns its results entry and its per-example rows."""
+def _test_theta_and_icl(
+    lm: LoadedModel, dummies: list[list[str]], icl_prompts: list[str], layer: int, config: MainConfig, shared: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """theta of each test set at ``layer`` (mean over its dummy prompts) and the ICL prediction of its query."""
+    if not shared:
+        vectors = mean_states(lm, dummies, [layer], config.batch_size, shared_prefix=False)[:, 0, :]
+        return vectors, predict_token_ids(lm, icl_prompts, batch_size=config.batch_size)
+    groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
+    flags = [[False] * len(d) + [True] for d in dummies]
+    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=config.batch_size)
+    is_query = torch.tensor([f for fs in flags for f in fs])
+    vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
+    return vectors, out.token_ids[is_query]
+
+
+def evaluate_task(
+    lm: LoadedModel, prepared: PreparedTask, config: MainConfig, *, shared_prefix: bool = True
+) -> tuple[dict, list[dict]]:
+    """Run one task through the protocol; returns its results entry and its per-example rows.
+
+    With ``shared_prefix`` (the default) the prompts of a set that share its demonstrations (dummy-query
+    prompts and the ICL prompt) run the demonstrations once; ``shared_prefix=False`` is the
+    straightforward path (every prompt whole), kept as the reference the fast path is checked against.
+    Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl, test_tv and baseline.
+    """
     started = time.perf_counter()
     task, template, name = prepared.task, prepared.template, prepared.name
     rng = task_rng(config.seed, name)
@@ -69,15 +96,17 @@ def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -
     def score(predictions: list[str], pairs: list[Pair]) -> list[bool]:
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
-    def theta(sets: list[EvalSet], layers: list[int]):
-        groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
-        return mean_states(lm, groups, layers, batch_size=config.batch_size)
+    def dummy_prompts(sets: list[EvalSet]) -> list[list[str]]:
+        return [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
 
     rows: list[dict] = []
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
     dev_pairs = [s.query for s in dev]
-    sweep_ids = sweep_token_ids(lm, dev_prompts, theta(dev, list(range(lm.num_layers))))
+    with stage("dev_theta"):
+        dev_theta = mean_states(lm, dummy_prompts(dev), None, config.batch_size, shared_prefix=shared_prefix)
+    with stage("dev_sweep"):
+        sweep_ids = sweep_token_ids(lm, dev_prompts, dev_theta)
     dev_accuracy = []
     for layer, ids in enumerate(sweep_ids):
         preds = decode_predictions(lm, ids)
@@ -89,14 +118,15 @@ def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -
     # Test: the task vector at the best layer, regular ICL, and the zero-shot baseline.
     test_pairs = [s.query for s in test]
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
-    vectors = theta(test, [best])[:, 0, :]
-    tv_preds = decode_predictions(
-        lm, patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
-    )
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
-    icl_preds = decode_predictions(lm, predict_token_ids(lm, icl_prompts, batch_size=config.batch_size))
+    with stage("test_theta_icl"):
+        vectors, icl_ids = _test_theta_and_icl(lm, dummy_prompts(test), icl_prompts, best, config, shared_prefix)
+    with stage("test_tv"):
+        tv_ids = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
-    bl_preds = decode_predictions(lm, predict_token_ids(lm, bl_prompts, batch_size=config.batch_size))
+    with stage("baseline"):
+        bl_ids = predict_token_ids(lm, bl_prompts, batch_size=config.batch_size)
+    tv_preds, icl_preds, bl_preds = (decode_predictions(lm, ids) for ids in (tv_ids, icl_ids, bl_ids))
 
     tv_ok, icl_ok, bl_ok = score(tv_preds, test_pairs), score(icl_preds, test_pairs), score(bl_preds, baseline_pairs)
     rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok)

@@ -9,9 +9,11 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from taskvec.engine.accounting import Accounting, accounting, stage
 from taskvec.errors import OutputDirectoryError, TaskDataError
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.models.loading import LoadedModel, load_model
@@ -86,16 +88,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def _rounded(work: dict) -> dict:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in work.items()}
+
+
 def run_main(
-    config: MainConfig, out_dir: str | Path, lm: LoadedModel | None = None, progress: Progress | None = None
+    config: MainConfig,
+    out_dir: str | Path,
+    lm: LoadedModel | None = None,
+    progress: Progress | None = None,
+    *,
+    shared_prefix: bool = True,
 ) -> dict:
-    """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary."""
+    """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary.
+
+    ``shared_prefix=False`` runs every prompt whole (the reference path the benchmark checks against).
+    """
+    with accounting() as work:
+        return _run_main(config, Path(out_dir), lm, progress, shared_prefix, work)
+
+
+def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, work: Accounting) -> dict:
     started = time.perf_counter()
-    out_dir = Path(out_dir)
     tasks = load_tasks(config.tasks, config.task_files)
     prepare_output_dir(out_dir, config)
-    lm = lm or load_model(config.model, dtype=config.dtype)
-    prepared = [prepare_task(lm, t) for t in tasks]
+    with stage("load"):
+        lm = lm or load_model(config.model, dtype=config.dtype)
+    with stage("prepare"):
+        prepared = [prepare_task(lm, t) for t in tasks]
     check_sizes(prepared, config)
     task_results: dict[str, dict] = {}
     all_rows: list[dict] = []
@@ -107,7 +127,7 @@ def run_main(
             saved = json.loads(done_file.read_text())
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
-            result, rows = evaluate_task(lm, p, config)
+            result, rows = evaluate_task(lm, p, config, shared_prefix=shared_prefix)
             saved = {"result": result, "predictions": rows}
             write_json_atomic(done_file, saved)
             logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
@@ -132,7 +152,11 @@ def run_main(
         "versions": versions(),
         "tasks": task_results,
         "summary": summarize(task_results),
-        "timing": {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb(), 1)},
+        "timing": {  # of this process: tasks resumed from an earlier one are not counted
+            "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "stages": {name: _rounded(asdict(w)) for name, w in work.stages.items()},
+        },
     }
     write_jsonl_atomic(out_dir / "predictions.jsonl", all_rows)
     write_json_atomic(out_dir / "results.json", results)
