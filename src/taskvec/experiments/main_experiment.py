@@ -34,7 +34,7 @@ class MainConfig:
     n_dummy: int = 2
     seed: int = 41
     dtype: str = "float32"
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto" (the runner halves it on out-of-memory errors)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -77,7 +77,7 @@ def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
     dev_pairs = [s.query for s in dev]
-    sweep_ids = sweep_token_ids(lm, dev_prompts, theta(dev, list(range(lm.num_layers))))
+    sweep_ids = sweep_token_ids(lm, dev_prompts, theta(dev, list(range(lm.num_layers))), max_rows=8 * config.batch_size)
     dev_accuracy = []
     for layer, ids in enumerate(sweep_ids):
         preds = decode_predictions(lm, ids)

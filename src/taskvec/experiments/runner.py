@@ -9,10 +9,12 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from taskvec.errors import OutputDirectoryError, TaskDataError
+from taskvec.experiments.backoff import BatchBackoff
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
@@ -87,14 +89,22 @@ def peak_rss_mb() -> float:
 
 
 def run_main(
-    config: MainConfig, out_dir: str | Path, lm: LoadedModel | None = None, progress: Progress | None = None
+    config: MainConfig,
+    out_dir: str | Path,
+    lm: LoadedModel | None = None,
+    progress: Progress | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary."""
+    """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary.
+
+    ``device`` is where a model loaded here goes (``auto``: accelerate device map); results do not depend on it.
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     tasks = load_tasks(config.tasks, config.task_files)
+    backoff = BatchBackoff(config.batch_size)
     prepare_output_dir(out_dir, config)
-    lm = lm or load_model(config.model, dtype=config.dtype)
+    lm = lm or load_model(config.model, dtype=config.dtype, device=device)
     prepared = [prepare_task(lm, t) for t in tasks]
     check_sizes(prepared, config)
     task_results: dict[str, dict] = {}
@@ -107,7 +117,9 @@ def run_main(
             saved = json.loads(done_file.read_text())
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
-            result, rows = evaluate_task(lm, p, config)
+            result, rows = backoff.run(
+                lambda size, p=p: evaluate_task(lm, p, replace(config, batch_size=size)), p.name, lm
+            )
             saved = {"result": result, "predictions": rows}
             write_json_atomic(done_file, saved)
             logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
