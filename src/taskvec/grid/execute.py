@@ -105,16 +105,21 @@ def _run_local(todo: list[GridJob], folder: Path, timeout_min: int, workers: int
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=timeout_min)
     pending, running = list(todo), []
-    while pending or running:
-        while pending and len(running) < workers:
-            job = pending.pop(0)
-            submitted = executor.submit(run_job, job)
-            running.append((job, submitted))
-            _emit(on_event, job, "started", submitted.job_id)
-        time.sleep(POLL_SECONDS)
-        for pair in [p for p in running if p[1].done()]:
-            running.remove(pair)
-            _collect(*pair, outcome, on_event)
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                submitted = executor.submit(run_job, job)
+                running.append((job, submitted))
+                _emit(on_event, job, "started", submitted.job_id)
+            time.sleep(POLL_SECONDS)
+            for pair in [p for p in running if p[1].done()]:
+                running.remove(pair)
+                _collect(*pair, outcome, on_event)
+    except KeyboardInterrupt:  # stop the local workers too; their run directories resume on the next run
+        for _, submitted in running:
+            submitted.cancel(check=False)
+        raise
 
 
 def _run_slurm(todo: list[GridJob], folder: Path, spec: GridSpec, outcome: GridOutcome, on_event: Event | None,
