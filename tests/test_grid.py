@@ -83,6 +83,21 @@ def test_grid_expands_models_seeds_shots_and_maps_slurm_parameters(tmp_path):
     assert main(["grid-summary", str(tmp_path / "nothing")]) == 2
 
 
+def test_slurm_parameters_are_ones_submitit_knows_and_no_slurm_is_a_clear_error(tmp_path, model_dir):
+    import shutil
+
+    import submitit
+
+    from taskvec.grid.config import SLURM_KEYS
+
+    slurm_only = {f"slurm_{k}" for k in submitit.SlurmExecutor._valid_parameters()}
+    known = submitit.AutoExecutor._valid_parameters() | slurm_only
+    assert {name for name, _ in SLURM_KEYS.values()} <= known
+    if shutil.which("srun") is None:
+        with pytest.raises(TaskvecError, match="--executor slurm: no SLURM here"):
+            run_grid(parse_grid(grid_dict(model_dir, seeds=[1])), tmp_path, executor="slurm")
+
+
 def _worker_of(controller_pid: int) -> int | None:
     children = Path(f"/proc/{controller_pid}/task/{controller_pid}/children")
     pids = children.read_text().split() if children.exists() else []

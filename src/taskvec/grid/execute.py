@@ -57,11 +57,10 @@ def is_finished(job: GridJob) -> bool:
     return all((job.run_dir / name).is_file() for name in ("results.json", "report.md", "report.html"))
 
 
-def plan(spec: GridSpec, out_dir: str | Path, workers: int = 1) -> tuple[list[GridJob], list[GridJob]]:
+def plan(spec: GridSpec, out_dir: str | Path, threads: int | None = None) -> tuple[list[GridJob], list[GridJob]]:
     """All jobs and the unfinished ones. Creates each run directory, refusing one that holds a run of
     another configuration, and writes ``OUT/grid-jobs.json`` (the job list ``grid-summary`` reports on)."""
     out_dir = Path(out_dir)
-    threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = spec.jobs(out_dir, threads=threads)
     for job in jobs:
         prepare_output_dir(job.run_dir, job.config)
@@ -84,7 +83,9 @@ def run_grid(
         raise TaskvecError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise TaskvecError(f"workers must be at least 1, got {workers}")
-    jobs, todo = plan(spec, out_dir, workers if executor == "local" else 1)
+    # torch threads per job: the local cores shared by the workers; on SLURM the cores asked for per task.
+    local_threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs, todo = plan(spec, out_dir, local_threads if executor == "local" else spec.slurm.get("cpus_per_task"))
     outcome = GridOutcome(skipped=[j.name for j in jobs if j not in todo])
     for name in outcome.skipped:
         logger.info("job %s: already finished, skipped", name)
@@ -126,7 +127,11 @@ def _run_slurm(todo: list[GridJob], folder: Path, spec: GridSpec, outcome: GridO
                wait: bool) -> None:  # fmt: skip
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    except RuntimeError as exc:  # submitit checks for srun
+        raise TaskvecError(f"--executor slurm: no SLURM here ({exc}); run `taskvec grid` on a cluster login node "
+                           "or use --executor local") from exc  # fmt: skip
     executor.update_parameters(name="taskvec-grid", timeout_min=spec.timeout_min, **spec.slurm)
     submitted = executor.map_array(run_job, todo)  # one SLURM job array
     outcome.submitted = [s.job_id for s in submitted]
