@@ -27,3 +27,18 @@ def require_positive(args: argparse.Namespace, *names: str) -> None:
         value = getattr(args, name)
         if value < 1:
             raise TaskvecError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="cpu",
+        help="cpu, cuda, cuda:N, mps, or auto: spread the model over all visible GPUs (accelerate device map), "
+        "offloading what does not fit to CPU RAM, then disk",
+    )  # fmt: skip
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size", default=32,
+        help="prompts per forward pass, or auto: start high (256 on a GPU, 32 on the CPU) and halve on out-of-memory",
+    )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument
+from taskvec.commands._common import add_device_argument, add_dtype_argument, add_model_argument
 
 NAME = "demo"
 HELP = "5 demonstrations of a task; ICL, task-vector and zero-shot answers side by side"
@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="to_upper", help="built-in task (see `taskvec tasks`)")
     parser.add_argument("--seed", type=int, default=0)
     add_dtype_argument(parser)
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> None:
     from taskvec.models.loading import load_model
 
     print(f"loading {args.model} ...", file=sys.stderr)
-    lm = load_model(args.model, dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
     result = run_demo(lm, args.task, seed=args.seed)
     print(f"task {result.task} on {args.model}: {len(result.demonstrations)} demonstrations")
     for x, y in result.demonstrations:

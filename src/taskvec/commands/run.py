@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument, require_positive
+from taskvec.commands._common import (
+    add_batch_size_argument,
+    add_device_argument,
+    add_dtype_argument,
+    add_model_argument,
+    require_positive,
+)
 from taskvec.errors import TaskvecError
 
 NAME = "run"
@@ -28,19 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries averaged per task vector")
     parser.add_argument("--seed", type=int, default=41)
     add_dtype_argument(parser)
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device_argument(parser)
+    add_batch_size_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/<model>)")
 
 
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from taskvec.experiments.backoff import parse_batch_size
     from taskvec.experiments.main_experiment import MainConfig
     from taskvec.experiments.runner import run_main
+    from taskvec.models.devices import check_device
     from taskvec.report import write_comparison
     from taskvec.tasks.registry import resolve_task_names
 
-    require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy", "batch_size")
+    require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy")
+    batch_size, device = parse_batch_size(args.batch_size), check_device(args.device)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     names = args.tasks if args.tasks is not None else ([] if args.task_file else ["paper"])
     tasks = tuple(resolve_task_names(names))
@@ -52,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
         out = base / Path(model).name if (len(models) > 1 or not args.out) else base
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
-                            seed=args.seed, dtype=args.dtype, batch_size=args.batch_size)  # fmt: skip
+                            seed=args.seed, dtype=args.dtype, batch_size=batch_size)  # fmt: skip
         bar = tqdm(total=None, unit="task", desc=model, file=sys.stderr)
 
         def progress(task: str, done: int, total: int, bar=bar) -> None:
@@ -62,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
             bar.refresh()
 
         try:
-            results = run_main(config, out, progress=progress)
+            results = run_main(config, out, progress=progress, device=device)
         finally:
             bar.close()
         mean = results["summary"]["mean"]

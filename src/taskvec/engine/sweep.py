@@ -24,6 +24,7 @@ from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
+from taskvec.models.devices import weights_offloaded
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def _last_token_ids(
 
 def argmax_over_vocab(unembedding: torch.nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE):
     """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time."""
+    if weights_offloaded(unembedding):  # accelerate brings the weights in for a forward call only
+        return unembedding(hidden).float().argmax(dim=-1).cpu()
     weight = unembedding.weight
     bias = getattr(unembedding, "bias", None)
     hidden = hidden.to(device=weight.device, dtype=weight.dtype)

@@ -38,7 +38,7 @@ class MainConfig:
     n_dummy: int = 2
     seed: int = 41
     dtype: str = "float32"
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto" (the runner halves it on out-of-memory errors)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -106,7 +106,7 @@ def evaluate_task(
     with stage("dev_theta"):
         dev_theta = mean_states(lm, dummy_prompts(dev), None, config.batch_size, shared_prefix=shared_prefix)
     with stage("dev_sweep"):
-        sweep_ids = sweep_token_ids(lm, dev_prompts, dev_theta)
+        sweep_ids = sweep_token_ids(lm, dev_prompts, dev_theta, max_rows=8 * config.batch_size)
     dev_accuracy = []
     for layer, ids in enumerate(sweep_ids):
         preds = decode_predictions(lm, ids)

@@ -9,12 +9,13 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from taskvec.engine.accounting import Accounting, accounting, stage
 from taskvec.errors import OutputDirectoryError, TaskDataError
+from taskvec.experiments.backoff import BatchBackoff
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
@@ -99,21 +100,24 @@ def run_main(
     progress: Progress | None = None,
     *,
     shared_prefix: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary.
 
+    ``device`` is where a model loaded here goes (``auto``: accelerate device map); results do not depend on it.
     ``shared_prefix=False`` runs every prompt whole (the reference path the benchmark checks against).
     """
     with accounting() as work:
-        return _run_main(config, Path(out_dir), lm, progress, shared_prefix, work)
+        return _run_main(config, Path(out_dir), lm, progress, shared_prefix, device, work)
 
 
-def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, work: Accounting) -> dict:
+def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, device: str, work: Accounting) -> dict:
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
+    backoff = BatchBackoff(config.batch_size)
     prepare_output_dir(out_dir, config)
     with stage("load"):
-        lm = lm or load_model(config.model, dtype=config.dtype)
+        lm = lm or load_model(config.model, dtype=config.dtype, device=device)
     with stage("prepare"):
         prepared = [prepare_task(lm, t) for t in tasks]
     check_sizes(prepared, config)
@@ -127,7 +131,11 @@ def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, work: Ac
             saved = json.loads(done_file.read_text())
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
-            result, rows = evaluate_task(lm, p, config, shared_prefix=shared_prefix)
+            result, rows = backoff.run(
+                lambda size, p=p: evaluate_task(lm, p, replace(config, batch_size=size), shared_prefix=shared_prefix),
+                p.name,
+                lm,
+            )
             saved = {"result": result, "predictions": rows}
             write_json_atomic(done_file, saved)
             logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,

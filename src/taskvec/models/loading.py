@@ -12,6 +12,7 @@ import torch
 from taskvec.errors import ModelNotFoundError, TaskvecError
 from taskvec.models import dense_cache
 from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.devices import check_device
 from taskvec.models.registry import BUNDLED_MODELS, DEFAULT_MODEL, BundledModel
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ class LoadedModel:
 
     @property
     def input_device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        from taskvec.models.devices import execution_device
+
+        return execution_device(self.model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -68,15 +71,18 @@ def load_model(
 
     ``spec`` is a bundled name (``gemma-3-270m``, ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``), a
     local model folder, a ``.gguf`` file, or a Hugging Face hub id. ``device`` is ``cpu``, ``cuda``,
-    ``cuda:N`` or ``auto`` (an accelerate device map spreading the layers over all GPUs).
+    ``cuda:N``, ``mps`` or ``auto`` (an accelerate device map spreading the layers over all visible GPUs,
+    offloading what does not fit to CPU RAM and then to disk).
     """
     torch_dtype = resolve_dtype(dtype)
+    device = check_device(device)
     folder, source = _local_folder(spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    if device == "auto":
+    if device == "auto":  # all visible GPUs, then CPU RAM, then disk (weights moved in per forward pass)
         kwargs["device_map"] = "auto"
+        kwargs["offload_folder"] = str(dense_cache.cache_root() / "offload" / Path(str(spec)).name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -92,7 +98,8 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     adapter = ArchitectureAdapter.from_model(model, tokenizer)
-    logger.info("loaded %s: %s, %d layers, dtype %s", spec, type(model).__name__, adapter.num_layers, torch_dtype)
+    logger.info("loaded %s: %s, %d layers, dtype %s, device map %s", spec, type(model).__name__, adapter.num_layers,
+                torch_dtype, getattr(model, "hf_device_map", device))  # fmt: skip
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=spec, source=source)
 
 
