@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/<model>)")
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="when another run is writing to the output directory, wait for it instead of refusing",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
             bar.refresh()
 
         try:
-            results = run_main(config, out, progress=progress)
+            results = run_main(config, out, progress=progress, wait=args.wait)
         finally:
             bar.close()
         mean = results["summary"]["mean"]

@@ -14,6 +14,7 @@ import torch
 
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
+from taskvec.engine.numerics import check_finite
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -27,7 +28,7 @@ def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> to
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
     out = lm.model(**kwargs, past_key_values=past_key_values, use_cache=past_key_values is not None)
-    return out.logits[:, -1, :].float().cpu()
+    return check_finite(out.logits[:, -1, :].float().cpu(), "next-token logits", lm.dtype)
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -
     capture = capture_last_position(lm.adapter.layers, sorted(set(layers)), store, stop_after_last=True)
     with capture, contextlib.suppress(StopForward):
         lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-    return torch.stack([store[layer].float().cpu() for layer in layers])
+    return check_finite(torch.stack([store[layer].float().cpu() for layer in layers]), "hidden states", lm.dtype)
 
 
 def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:
