@@ -44,7 +44,11 @@ def _acquire(out_dir: Path, wait: bool) -> int:
     path = out_dir / LOCK_FILE
     announced = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        out_dir.mkdir(parents=True, exist_ok=True)  # again: a finished holder removes a directory it left empty
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # removed between the two calls
+            continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
