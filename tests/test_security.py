@@ -12,6 +12,7 @@ from tiny_models import make_tiny_model
 
 from taskvec.experiments import MainConfig, run_main
 from taskvec.experiments.outdir import task_result_path
+from taskvec.models import dense_cache
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "taskvec"
 EVIL = '<script>alert(1)</script> "&" ../../../escaped $\\frac{$ \\'
@@ -66,3 +67,23 @@ def test_a_hostile_task_file_cannot_escape_or_inject(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, escaped
     predictions = (out / "predictions.jsonl").read_text().splitlines()
     assert all(json.loads(line)["task"] == EVIL.strip() for line in predictions)
+
+
+def test_cached_model_files_are_checked_against_their_sha256(tmp_path):
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "model.safetensors").write_bytes(b"weights" * 1000)
+    (entry / "config.json").write_text("{}")
+    dense_cache.write_manifest(entry, {"bundled": "x"})
+    manifest = json.loads((entry / dense_cache.MANIFEST).read_text())
+    assert set(manifest["sha256"]) == {"model.safetensors", "config.json"}
+    assert dense_cache.is_complete(entry)
+    weights = entry / "model.safetensors"
+    weights.write_bytes(b"weightz" + b"weights" * 999)  # same size, other bytes (and a new mtime)
+    assert not dense_cache.is_complete(entry)
+    weights.write_bytes(b"weights" * 1000)  # restored: the hash matches again, whatever the mtime
+    assert dense_cache.is_complete(entry)
+    weights.write_bytes(b"weights" * 999)  # truncated
+    assert not dense_cache.is_complete(entry)
+    (entry / dense_cache.MANIFEST).write_text('{"file_sizes": [1, 2]}')  # a damaged manifest
+    assert not dense_cache.is_complete(entry)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,17 +40,14 @@ class TaskVector:
         return self.vectors[chosen]
 
     def save(self, path: str | Path) -> None:
-        """Write a .safetensors file (atomically: a temporary name, then rename)."""
-        from safetensors.torch import save_file
+        """Write a .safetensors file atomically (a unique temporary name in the same folder, then rename)."""
+        from safetensors.torch import save
 
-        path = Path(path)
+        from taskvec.report.results_io import write_text_atomic
+
         meta = {**self.metadata, "format_version": FORMAT_VERSION, "layer": self.layer}
-        partial = path.with_name(path.name + ".partial")
-        try:
-            save_file({"vectors": self.vectors.contiguous().float()}, str(partial), metadata={_KEY: json.dumps(meta)})
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        blob = save({"vectors": self.vectors.contiguous().float()}, metadata={_KEY: json.dumps(meta)})
+        write_text_atomic(path, blob)
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
