@@ -224,3 +224,30 @@ def test_the_api_run_locks_too(tmp_path):
         run_main(config, tmp_path / "out", lm=tiny)
     run_main(config, tmp_path / "out", lm=tiny)
     assert (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 8])
+def test_a_full_disk_loses_nothing(fail_at, model_dir, reference, tmp_path, monkeypatch, capsys):
+    """The ``fail_at``-th file write fails with ENOSPC: exit 1 with one line, no partial file; rerun completes."""
+    import errno
+
+    from taskvec.report import results_io
+
+    writes = []
+    real_fsync = results_io.os.fsync
+
+    def full_disk(fd):
+        writes.append(fd)
+        if len(writes) == fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(results_io.os, "fsync", full_disk)
+    out = tmp_path / "run"
+    assert main(run_argv(model_dir, out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("taskvec: error: No space left on device") and "Traceback" not in "".join(err)
+    assert not list(out.rglob("*.tmp")) and not (out / "results.json").exists()
+    monkeypatch.setattr(results_io.os, "fsync", real_fsync)
+    assert main(run_argv(model_dir, out)) == 0
+    assert comparable(out) == reference
