@@ -36,7 +36,8 @@ def load_rows(out: Path) -> dict[tuple, str]:
     rows = {}
     for line in (out / "predictions.jsonl").read_text().splitlines():
         r = json.loads(line)
-        rows[(r["task"], r["split"], r["method"], r["set"], r["layer"])] = r["prediction"]
+        layer = r["layer"] if r["method"] == "dev_sweep" else None  # hypothesis: each run's own best layer
+        rows[(r["task"], r["split"], r["method"], r["set"], layer)] = r["prediction"]
     return rows
 
 
