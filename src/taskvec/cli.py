@@ -22,10 +22,17 @@ def _command_modules() -> list[ModuleType]:
     return sorted(modules, key=lambda m: (getattr(m, "ORDER", 50), m.NAME))
 
 
+class _UsageError(Exception):
+    """A command line argparse refused (raised instead of argparse's usage dump and exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit status 2, like every other bad input
+        raise _UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def _parser(modules: list[ModuleType]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="taskvec", description="In-context-learning task vectors (Hendel et al. 2023)"
-    )
+    parser = _Parser(prog="taskvec", description="In-context-learning task vectors (Hendel et al. 2023)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in modules:
@@ -35,7 +42,13 @@ def _parser(modules: list[ModuleType]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     modules = _command_modules()
-    args = _parser(modules).parse_args(argv)
+    try:
+        args = _parser(modules).parse_args(argv)
+    except _UsageError as exc:
+        print(f"taskvec: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return exc.code if isinstance(exc.code, int) else 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         from transformers.utils import logging as hf_logging
@@ -46,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[args.command](args)
     except TaskvecError as exc:
-        print(f"taskvec: error: {exc}", file=sys.stderr)
+        print(f"taskvec: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the input: a full disk, a lost mount... nothing partial is left
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"taskvec: error: {exc.strerror or exc}{where}; finished work is kept, rerun to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("taskvec: interrupted; `taskvec run` resumes from its finished tasks", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

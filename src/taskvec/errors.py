@@ -29,3 +29,7 @@ class TaskDataError(TaskvecError):
 
 class OutputDirectoryError(TaskvecError):
     """An output directory cannot be used (unwritable, or holds a run of another configuration)."""
+
+
+class NumericalError(TaskvecError):
+    """A forward pass produced NaN or infinite values (e.g. float16 overflow): results would be garbage."""

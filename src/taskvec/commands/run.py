@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_batch_size_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/<model>)")
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="when another run is writing to the output directory, wait for it instead of refusing",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
@@ -63,18 +67,20 @@ def run(args: argparse.Namespace) -> None:
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
                             seed=args.seed, dtype=args.dtype, batch_size=batch_size)  # fmt: skip
-        bar = tqdm(total=None, unit="task", desc=model, file=sys.stderr)
+        bars = []  # created at the first task, so that errors before it print alone
 
-        def progress(task: str, done: int, total: int, bar=bar) -> None:
-            bar.total = total
-            bar.n = done
-            bar.set_postfix_str(task)
-            bar.refresh()
+        def progress(task: str, done: int, total: int, bars=bars, model=model) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, unit="task", desc=model, file=sys.stderr))
+            bars[0].n = done
+            bars[0].set_postfix_str(task)
+            bars[0].refresh()
 
         try:
-            results = run_main(config, out, progress=progress, device=device)
+            results = run_main(config, out, progress=progress, device=device, wait=args.wait)
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         mean = results["summary"]["mean"]
         print(f"{model}: {mean['n_tasks']} tasks  baseline {mean['baseline']:.2f}  task vector {mean['hypothesis']:.2f}"
               f"  regular ICL {mean['regular']:.2f}  TV/ICL {mean['tv_over_icl'] or 0:.2f}  "

@@ -15,6 +15,7 @@ import torch
 from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
+from taskvec.engine.numerics import check_finite
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -29,7 +30,7 @@ def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> to
         kwargs["logits_to_keep"] = 1
     out = lm.model(**kwargs, past_key_values=past_key_values, use_cache=past_key_values is not None)
     record_batch(batch, blocks=lm.num_layers, logit_rows=out.logits.shape[0] * out.logits.shape[1])
-    return out.logits[:, -1, :].float().cpu()
+    return check_finite(out.logits[:, -1, :].float().cpu(), "next-token logits", lm.dtype)
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def last_position_states(lm: LoadedModel, batch: Batch, layers: Sequence[int]) -
     with capture, contextlib.suppress(StopForward):
         lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
     record_batch(batch, blocks=max(layers) + 1)
-    return torch.stack([store[layer].float().cpu() for layer in layers])
+    return check_finite(torch.stack([store[layer].float().cpu() for layer in layers]), "hidden states", lm.dtype)
 
 
 def record_batch(batch: Batch, blocks: int, logit_rows: int = 0) -> None:

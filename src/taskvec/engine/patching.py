@@ -31,8 +31,18 @@ def check_compatible(lm: LoadedModel, task_vector: TaskVector) -> None:
 
 
 def template_of(task_vector: TaskVector) -> PromptTemplate:
+    """The prompt template stored with the task vector (the default one when none is stored)."""
     stored = task_vector.metadata.get("template")
-    return PromptTemplate(**stored) if stored else PromptTemplate()
+    if not stored:
+        return PromptTemplate()
+    if not isinstance(stored, dict) or not all(
+        k in ("query", "separator", "answer_prefix") and isinstance(v, str) for k, v in stored.items()
+    ):
+        raise TaskvecError(
+            f"task vector metadata has template {stored!r}; expected an object with string fields "
+            "query, separator and answer_prefix"
+        )
+    return PromptTemplate(**stored)
 
 
 def apply_task_vector(

@@ -20,6 +20,7 @@ from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits, patches_for_rows
 from taskvec.engine.hooks import patch_last_position, skip_blocks
+from taskvec.engine.numerics import check_finite
 from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
@@ -111,7 +112,8 @@ def _last_token_ids(
     with skipped, patch_last_position(lm.adapter.layers, patches):
         if fast:
             out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
-            ids = argmax_over_vocab(lm.adapter.unembedding, out.last_hidden_state[:, -1])
+            hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
+            ids = argmax_over_vocab(lm.adapter.unembedding, hidden)
             record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - 1 - min(chunk), logit_rows=n * k)
         else:
             ids = next_token_logits(lm, step, past_key_values=cache).argmax(dim=-1)
@@ -134,6 +136,7 @@ def argmax_over_vocab(unembedding: torch.nn.Module, hidden: torch.Tensor, slice_
         better = value > best_value  # strict: an earlier slice keeps ties
         best_value = torch.where(better, value, best_value)
         best_index = torch.where(better, index + start, best_index)
+    check_finite(best_value, "top logits", weight.dtype)
     return best_index.cpu()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import resource
@@ -14,9 +13,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from taskvec.engine.accounting import Accounting, accounting, stage
-from taskvec.errors import OutputDirectoryError, TaskDataError
+from taskvec.errors import TaskDataError
 from taskvec.experiments.backoff import BatchBackoff
+from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
+from taskvec.experiments.outdir import (
+    check_run_config,
+    load_finished_task,
+    probe_writable,
+    remove_stale_temp_files,
+    task_result_path,
+    write_run_config,
+)
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
 from taskvec.report.results_io import write_json_atomic, write_jsonl_atomic
@@ -27,34 +35,7 @@ from taskvec.tasks.sampling import minimum_pairs
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run-config.json"
 Progress = Callable[[str, int, int], None]  # (task name, tasks finished, tasks in all)
-
-
-def prepare_output_dir(out_dir: Path, config: MainConfig) -> None:
-    """Create ``out_dir`` or accept it when it holds a run of exactly this configuration."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".taskvec-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputDirectoryError(f"output directory {str(out_dir)!r} is not writable: {exc.strerror or exc}") from exc
-    saved_path = out_dir / RUN_CONFIG
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        wanted = config.to_dict()
-        diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if diff:
-            details = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in diff)
-            raise OutputDirectoryError(
-                f"output directory {str(out_dir)!r} holds a run with another configuration ({details}); "
-                "use a new --out directory (runs are never mixed)"
-            )
-    elif any(out_dir.iterdir()):
-        raise OutputDirectoryError(f"output directory {str(out_dir)!r} is not empty and holds no taskvec run")
-    else:
-        write_json_atomic(saved_path, config.to_dict())
 
 
 def check_sizes(prepared: list[PreparedTask], config: MainConfig) -> None:
@@ -89,46 +70,61 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _rounded(work: dict) -> dict:
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in work.items()}
-
-
 def run_main(
     config: MainConfig,
     out_dir: str | Path,
     lm: LoadedModel | None = None,
     progress: Progress | None = None,
     *,
-    shared_prefix: bool = True,
+    wait: bool = False,
     device: str = "cpu",
+    shared_prefix: bool = True,
 ) -> dict:
     """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary.
 
-    ``device`` is where a model loaded here goes (``auto``: accelerate device map); results do not depend on it.
-    ``shared_prefix=False`` runs every prompt whole (the reference path the benchmark checks against).
+    The directory is locked for the whole run: a second run into it is refused (or, with ``wait``,
+    waits). A run killed at any moment resumes from its finished tasks when started again.
+    ``device`` is where a model loaded here goes (``auto``: accelerate device map); results do not depend
+    on it. ``shared_prefix=False`` runs every prompt whole (the reference path the benchmark checks against).
     """
-    with accounting() as work:
-        return _run_main(config, Path(out_dir), lm, progress, shared_prefix, device, work)
-
-
-def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, device: str, work: Accounting) -> dict:
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
+    with output_dir_lock(out_dir, wait=wait) as out, accounting() as work:
+        probe_writable(out)
+        remove_stale_temp_files(out)
+        resuming = check_run_config(out, config.to_dict())
+        with stage("load"):
+            lm = lm or load_model(config.model, dtype=config.dtype, device=device)
+        with stage("prepare"):
+            prepared = [prepare_task(lm, t) for t in tasks]
+        check_sizes(prepared, config)
+        if not resuming:
+            write_run_config(out, config.to_dict())
+        task_results = _evaluate_all(lm, prepared, config, out, progress, shared_prefix)
+        results = _results(lm, config, task_results, started, work)
+        write_jsonl_atomic(out / "predictions.jsonl", (r for t in task_results.values() for r in t["predictions"]))
+        write_json_atomic(out / "results.json", results)
+        write_report(out, results)
+    return results
+
+
+def _evaluate_all(
+    lm: LoadedModel,
+    prepared: list[PreparedTask],
+    config: MainConfig,
+    out: Path,
+    progress: Progress | None,
+    shared_prefix: bool,
+) -> dict[str, dict]:
+    """{task name: {"result", "predictions"}}, each task computed or read back from a finished earlier run."""
+    saved_by_task: dict[str, dict] = {}
     backoff = BatchBackoff(config.batch_size)
-    prepare_output_dir(out_dir, config)
-    with stage("load"):
-        lm = lm or load_model(config.model, dtype=config.dtype, device=device)
-    with stage("prepare"):
-        prepared = [prepare_task(lm, t) for t in tasks]
-    check_sizes(prepared, config)
-    task_results: dict[str, dict] = {}
-    all_rows: list[dict] = []
     for i, p in enumerate(prepared):
         if progress:
             progress(p.name, i, len(prepared))
-        done_file = out_dir / "tasks" / f"{p.name}.json"
-        if done_file.exists():
-            saved = json.loads(done_file.read_text())
+        done_file = task_result_path(out, p.name)
+        saved = load_finished_task(done_file, p.name)
+        if saved is not None:
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
             result, rows = backoff.run(
@@ -141,11 +137,17 @@ def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, device: 
             logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
                         result["regular"]["accuracy"], result["hypothesis"]["accuracy"], result["best_layer"],
                         result["baseline"]["accuracy"])  # fmt: skip
-        task_results[p.name] = saved["result"]
-        all_rows.extend(saved["predictions"])
+        saved_by_task[p.name] = saved
     if progress:
         progress("", len(prepared), len(prepared))
-    results = {
+    return saved_by_task
+
+
+def _results(
+    lm: LoadedModel, config: MainConfig, saved_by_task: dict[str, dict], started: float, work: Accounting
+) -> dict:
+    task_results = {name: saved["result"] for name, saved in saved_by_task.items()}
+    return {
         "taskvec_version": versions()["taskvec"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": config.seed,
@@ -166,7 +168,7 @@ def _run_main(config, out_dir: Path, lm, progress, shared_prefix: bool, device: 
             "stages": {name: _rounded(asdict(w)) for name, w in work.stages.items()},
         },
     }
-    write_jsonl_atomic(out_dir / "predictions.jsonl", all_rows)
-    write_json_atomic(out_dir / "results.json", results)
-    write_report(out_dir, results)
-    return results
+
+
+def _rounded(work: dict) -> dict:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in work.items()}

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from taskvec.errors import TaskvecError
-from taskvec.experiments.runner import prepare_output_dir
+from taskvec.errors import OutputDirectoryError, TaskvecError
+from taskvec.experiments.outdir import check_run_config, probe_writable
 from taskvec.grid.config import GridJob, GridSpec
 from taskvec.report.results_io import write_json_atomic
 
@@ -62,8 +62,13 @@ def plan(spec: GridSpec, out_dir: str | Path, threads: int | None = None) -> tup
     another configuration, and writes ``OUT/grid-jobs.json`` (the job list ``grid-summary`` reports on)."""
     out_dir = Path(out_dir)
     jobs = spec.jobs(out_dir, threads=threads)
-    for job in jobs:
-        prepare_output_dir(job.run_dir, job.config)
+    for job in jobs:  # refuse a directory holding another configuration before any job starts
+        try:
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputDirectoryError(f"cannot create {str(job.run_dir)!r}: {exc.strerror or exc}") from exc
+        probe_writable(job.run_dir)
+        check_run_config(job.run_dir, job.config.to_dict())
     listing = [{"name": j.name, "run_dir": str(j.run_dir.relative_to(out_dir)), "config": j.config.to_dict()}
                for j in jobs]  # fmt: skip
     write_json_atomic(out_dir / JOBS_FILE, {"jobs": listing})

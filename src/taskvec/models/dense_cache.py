@@ -66,16 +66,39 @@ def dense_entry(key: str) -> Path:
     return cache_root() / "models" / key
 
 
+def write_manifest(folder: Path, source: dict[str, str]) -> None:
+    """Record each file's size, sha256 and modification time in ``folder``'s manifest."""
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST]
+    manifest = {
+        "source": source,
+        "file_sizes": {p.name: p.stat().st_size for p in files},
+        "sha256": {p.name: sha256_of_file(p) for p in files},
+        "mtime_ns": {p.name: p.stat().st_mtime_ns for p in files},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 def is_complete(entry: Path) -> bool:
-    """True when ``entry`` holds a finished dense copy whose files have their recorded sizes."""
+    """True when ``entry`` holds a finished dense copy whose files have their recorded sizes and, for a
+    file modified since it was written (another mtime), its recorded sha256."""
     manifest = entry / MANIFEST
     if not manifest.is_file():
         return False
     try:
-        sizes = json.loads(manifest.read_text())["file_sizes"]
-    except (ValueError, KeyError):
+        recorded = json.loads(manifest.read_text())
+        sizes, hashes, mtimes = recorded["file_sizes"], recorded.get("sha256", {}), recorded.get("mtime_ns", {})
+    except (ValueError, KeyError, TypeError, AttributeError):
         return False
-    return all((entry / name).is_file() and (entry / name).stat().st_size == size for name, size in sizes.items())
+    if not all(isinstance(d, dict) for d in (sizes, hashes, mtimes)):
+        return False
+    for name, size in sizes.items():
+        path = entry / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        if name in hashes and path.stat().st_mtime_ns != mtimes.get(name) and sha256_of_file(path) != hashes[name]:
+            logger.warning("cached model file %s does not match its recorded sha256: rebuilding the copy", path)
+            return False
+    return True
 
 
 def write_dense_copy(gguf_path: Path, entry: Path, source: dict[str, str]) -> None:
@@ -95,8 +118,7 @@ def write_dense_copy(gguf_path: Path, entry: Path, source: dict[str, str]) -> No
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
-        (staging / MANIFEST).write_text(json.dumps({"source": source, "file_sizes": sizes}, indent=2))
+        write_manifest(staging, source)
         if entry.exists():  # a stale or broken entry; a complete one is never rebuilt
             shutil.rmtree(entry)
         staging.rename(entry)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -24,6 +25,10 @@ CATEGORY_ORDER = ("algorithmic", "translation", "linguistic", "knowledge")  # th
 COLORS = {"baseline": "#9e9e9e", "hypothesis": "#1f77b4", "regular": "#2ca02c", "best": "#d62728"}
 LABELS = {"baseline": "Baseline", "hypothesis": "Task vector", "regular": "Regular ICL"}
 METHODS = ("baseline", "hypothesis", "regular")
+
+
+#: Task and model names come from data: "$" in them must print as "$", not start matplotlib mathtext.
+literal_text = matplotlib.rc_context({"text.parse_math": False})
 
 
 def num(value: Any) -> float:
@@ -91,6 +96,7 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+@literal_text
 def _empty(message: str) -> bytes:
     fig = Figure(figsize=(5, 2), dpi=DPI)
     fig.text(0.5, 0.5, message, ha="center", va="center")
@@ -106,6 +112,7 @@ def _hline(ax: Axes, y: float, method: str) -> None:
         ax.axhline(y, color=COLORS[method], linestyle="--", linewidth=1.2)
 
 
+@literal_text
 def accuracy_by_layer_per_task(results: dict[str, Any]) -> bytes:
     """One small panel per task: dev accuracy by layer, regular ICL and baseline dashed, best layer marked."""
     names = ordered_tasks(results)
@@ -142,6 +149,7 @@ def accuracy_by_layer_per_task(results: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+@literal_text
 def accuracy_by_layer_mean(results: dict[str, Any]) -> bytes:
     """Mean over tasks of dev accuracy by layer; top axis in fraction of depth; mean regular and baseline."""
     n = num_layers(results)
@@ -177,6 +185,7 @@ def accuracy_by_layer_mean(results: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+@literal_text
 def bars_figure(results: dict[str, Any]) -> Figure:
     """The grouped-bar figure of :func:`bars_per_task` (exposed so tests can check its tick labels)."""
     names = ordered_tasks(results)
@@ -223,6 +232,7 @@ def bars_per_task(results: dict[str, Any]) -> bytes:
     return _png(bars_figure(results))
 
 
+@literal_text
 def layer_curves_overlay(list_of_results: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> bytes:
     """Mean dev accuracy by fraction of depth (layer / num_layers), one line per run."""
     if labels is None:

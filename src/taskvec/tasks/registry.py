@@ -65,7 +65,7 @@ def load_task_file(path: str | Path, category: str = "custom", scoring: str = "e
         raise TaskDataError(f"task file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         if suffix == ".json":
             document = json.loads(text)
             if isinstance(document, list):
@@ -76,8 +76,10 @@ def load_task_file(path: str | Path, category: str = "custom", scoring: str = "e
             document = {"pairs": _csv_rows(text, path)}
         else:
             raise TaskDataError(f"task file {str(path)!r} has suffix {suffix!r}; expected .json, .jsonl or .csv")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, csv.Error, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise TaskDataError(f"task file {str(path)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+    except OSError as exc:
+        raise TaskDataError(f"task file {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
     if not isinstance(document, dict):
         raise TaskDataError(f"task file {str(path)!r}: expected a list of pairs or an object with 'pairs'")
     document.setdefault("name", path.stem)
@@ -106,7 +108,7 @@ def _task_from_document(doc: dict, where: str, source: str) -> Task:
         raise TaskDataError(f"{where}: category {category!r} is not one of {', '.join((*CATEGORIES, 'custom'))}")
     pairs = _pairs(doc.get("pairs"), where)
     return Task(
-        name=str(doc.get("name")),
+        name=_task_name(doc.get("name"), where),
         category=category,
         description=str(doc.get("description", "")),
         scoring=scoring,
@@ -126,7 +128,12 @@ def _pairs(raw: object, where: str) -> tuple[Pair, ...]:
             raise TaskDataError(f"{where}: pair {i} is {item!r}; expected an object with 'input' and 'output'")
         missing = [k for k in ("input", "output") if not isinstance(item.get(k), str) or not item[k].strip()]
         if missing:
-            raise TaskDataError(f"{where}: pair {i} ({item!r}) is missing field(s) {', '.join(missing)}")
+            raise TaskDataError(
+                f"{where}: pair {i} ({_short(item)}) is missing field(s) {', '.join(missing)}; "
+                "expected non-empty strings"
+            )
+        for key in ("input", "output"):
+            _check_text(item[key], f"{where}: pair {i} {key}")
         x, y = item["input"].strip(), item["output"].strip()
         if x in seen:
             raise TaskDataError(f"{where}: pair {i} repeats input {x!r} (first seen in pair {seen[x]})")
@@ -134,8 +141,35 @@ def _pairs(raw: object, where: str) -> tuple[Pair, ...]:
         alternatives = item.get("alternatives") or []
         if not isinstance(alternatives, list) or not all(isinstance(a, str) for a in alternatives):
             raise TaskDataError(f"{where}: pair {i}: 'alternatives' must be a list of strings")
+        for a in alternatives:
+            _check_text(a, f"{where}: pair {i} alternative")
         pairs.append(Pair(x, y, tuple(a.strip() for a in alternatives if a.strip() and a.strip() != y)))
     return tuple(pairs)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _check_text(value: str, what: str) -> None:
+    """Refuse text the prompt format cannot hold: line breaks (they separate demonstrations) and
+    characters that have no UTF-8 encoding (lone surrogates)."""
+    if "\n" in value or "\r" in value:
+        raise TaskDataError(f"{what} {_short(value)} contains a line break; line breaks separate demonstrations")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TaskDataError(f"{what} {_short(value)} is not valid Unicode text ({exc.reason})") from None
+
+
+def _task_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise TaskDataError(f"{where}: task name {_short(name)} must be a non-empty string of at most 200 characters")
+    if any(not c.isprintable() for c in name):
+        raise TaskDataError(f"{where}: task name {_short(name)} contains control characters")
+    _check_text(name, f"{where}: task name")
+    return name.strip()
 
 
 def load_tasks(names: Sequence[str], task_files: Sequence[str | Path] = ()) -> list[Task]:
