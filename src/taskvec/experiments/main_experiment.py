@@ -6,9 +6,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
 from taskvec.models.registry import DEFAULT_MODEL
@@ -57,6 +60,37 @@ def _rows(task: str, split: str, method: str, layer, prompts, sets_or_pairs, pre
     return rows
 
 
+def set_vectors(
+    lm: LoadedModel, template: PromptTemplate, sets: list[EvalSet], layers: list[int], batch_size: int
+) -> torch.Tensor:
+    """theta of each set (its demonstrations, averaged over its dummy queries) at ``layers``: (sets, layers, H)."""
+    groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
+    return mean_states(lm, groups, layers, batch_size=batch_size)
+
+
+def dev_sweep(
+    lm: LoadedModel, prepared: PreparedTask, dev: list[EvalSet], batch_size: int
+) -> tuple[list[float], list[list[str]], list[list[bool]]]:
+    """Each dev set's theta patched into its bare query at every layer: accuracy, predictions and
+    correctness per layer (the cached sweep)."""
+    template = prepared.template
+    prompts = [template.query_prompt(s.query.input) for s in dev]
+    ids = sweep_token_ids(lm, prompts, set_vectors(lm, template, dev, list(range(lm.num_layers)), batch_size))
+    accuracy, predictions, correct = [], [], []
+    for layer_ids in ids:
+        preds = decode_predictions(lm, layer_ids)
+        ok = [is_correct(p, s.query, prepared.task.scoring) for p, s in zip(preds, dev)]
+        accuracy.append(sum(ok) / len(ok))
+        predictions.append(preds)
+        correct.append(ok)
+    return accuracy, predictions, correct
+
+
+def best_layer(accuracy_by_layer: list[float]) -> int:
+    """The layer with the top accuracy, the first one on ties."""
+    return max(range(len(accuracy_by_layer)), key=lambda layer: (accuracy_by_layer[layer], -layer))
+
+
 def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -> tuple[dict, list[dict]]:
     """Run one task through the protocol; returns its results entry and its per-example rows."""
     started = time.perf_counter()
@@ -69,27 +103,18 @@ def evaluate_task(lm: LoadedModel, prepared: PreparedTask, config: MainConfig) -
     def score(predictions: list[str], pairs: list[Pair]) -> list[bool]:
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
-    def theta(sets: list[EvalSet], layers: list[int]):
-        groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
-        return mean_states(lm, groups, layers, batch_size=config.batch_size)
-
     rows: list[dict] = []
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
-    dev_pairs = [s.query for s in dev]
-    sweep_ids = sweep_token_ids(lm, dev_prompts, theta(dev, list(range(lm.num_layers))))
-    dev_accuracy = []
-    for layer, ids in enumerate(sweep_ids):
-        preds = decode_predictions(lm, ids)
-        ok = score(preds, dev_pairs)
-        dev_accuracy.append(sum(ok) / len(ok))
+    dev_accuracy, dev_preds, dev_ok = dev_sweep(lm, prepared, dev, config.batch_size)
+    for layer, (preds, ok) in enumerate(zip(dev_preds, dev_ok)):
         rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
-    best = max(range(lm.num_layers), key=lambda layer: (dev_accuracy[layer], -layer))
+    best = best_layer(dev_accuracy)
 
     # Test: the task vector at the best layer, regular ICL, and the zero-shot baseline.
     test_pairs = [s.query for s in test]
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
-    vectors = theta(test, [best])[:, 0, :]
+    vectors = set_vectors(lm, template, test, [best], config.batch_size)[:, 0, :]
     tv_preds = decode_predictions(
         lm, patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
     )
