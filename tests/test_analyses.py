@@ -236,6 +236,8 @@ def test_robustness_end_to_end(tmp_path):
     paths = write_robustness(tmp_path, results, vectors, metadata)
     loaded, meta = load_vectors(paths["vectors"])
     assert torch.equal(loaded, vectors) and meta["tasks"] == metadata["tasks"]
+    points = json.loads(paths["points"].read_text())
+    assert len(points["tsne"]) == len(points["task"]) == 18 and "points" not in json.loads(paths["json"].read_text())
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 4
     assert {p.name for p in tmp_path.glob("*.png")} == {"tsne_task.png", "tsne_category.png", "pca_task.png",

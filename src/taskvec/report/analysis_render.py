@@ -4,6 +4,7 @@ and the plots as PNG files. Each report is a list of blocks rendered both ways f
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 from pathlib import Path
@@ -199,7 +200,8 @@ def interpret_blocks(results: dict[str, Any]) -> list[Block]:
 
 
 def write_robustness(out_dir: str | os.PathLike[str], results: dict[str, Any], vectors, metadata: dict) -> dict:
-    """The robustness report, its plots, and the vectors (vectors.safetensors, metadata in its header)."""
+    """The robustness report, its plots, the 2-D points (points.json: t-SNE and PCA coordinates, task and
+    category per row) and the vectors (vectors.safetensors, metadata in its header)."""
     from taskvec.experiments.robustness import cosine_distance_matrix, save_vectors
     from taskvec.report.analysis_plots import distance_histograms, scatter_by_label
 
@@ -211,10 +213,14 @@ def write_robustness(out_dir: str | os.PathLike[str], results: dict[str, Any], v
         "pca_task": scatter_by_label(points["pca"], points["task"], f"PCA of task vectors by task ({model})"),
         "distances": distance_histograms(cosine_distance_matrix(vectors.numpy()), points["task"]),
     }
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    save_vectors(Path(out_dir) / "vectors.safetensors", vectors, metadata)
-    paths = write_analysis(out_dir, f"Robustness of task vectors: {model}", results, robustness_blocks(results), plots)
-    return {**paths, "vectors": Path(out_dir) / "vectors.safetensors"}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_vectors(out / "vectors.safetensors", vectors, metadata)
+    rounded = {k: [[round(x, 4) for x in p] for p in v] if k in ("tsne", "pca") else v for k, v in points.items()}
+    write_text_atomic(out / "points.json", json.dumps(rounded, separators=(",", ":")) + "\n")
+    summary = {k: v for k, v in results.items() if k != "points"}  # results.json stays small
+    paths = write_analysis(out, f"Robustness of task vectors: {model}", summary, robustness_blocks(results), plots)
+    return {**paths, "vectors": out / "vectors.safetensors", "points": out / "points.json"}
 
 
 def write_conflict(out_dir: str | os.PathLike[str], results: dict[str, Any], rows: list[dict]) -> dict:
