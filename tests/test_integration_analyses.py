@@ -44,14 +44,15 @@ def test_task_vectors_cluster_by_task(gemma):
         assert entry["within_mean"] < 0.5 * entry["across_mean"], name
 
 
-def test_theta_of_to_upper_overrides_next_letter_demonstrations(gemma):
-    """The paper's first pair: next-letter demonstrations, to-upper theta patched at layer 11."""
-    config = ConflictConfig(pairs=(("next_letter", "to_upper"),), n_sets=20, layers=LayerOptions(layer=11))
+def test_gerund_theta_overrides_past_tense_demonstrations(gemma):
+    """The paper's fourth pair: present->past demonstrations, present->gerund theta patched at layer 11.
+    Reference (50 prompts): ICL vs past 0.80, patched vs gerund 0.82, patched vs past 0.00."""
+    config = ConflictConfig(pairs=(("present_past", "present_gerund"),), n_sets=20, layers=LayerOptions(layer=11))
     pair = run_conflict(config, lm=gemma)[0]["pairs"][0]
-    assert pair["icl_vs_a"]["accuracy"] >= 0.6
-    assert pair["icl_vs_b"]["accuracy"] <= 0.1
-    assert pair["patched_vs_b"]["accuracy"] >= pair["icl_vs_b"]["accuracy"] + 0.3
-    assert pair["patched_vs_a"]["accuracy"] < pair["icl_vs_a"]["accuracy"]
+    assert pair["icl_vs_a"]["accuracy"] >= 0.5
+    assert pair["icl_vs_b"]["accuracy"] <= 0.2
+    assert pair["patched_vs_b"]["accuracy"] >= 0.5
+    assert pair["patched_vs_a"]["accuracy"] <= 0.2
 
 
 def test_country_capital_theta_projects_onto_capitals(gemma):
