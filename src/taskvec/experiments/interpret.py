@@ -14,6 +14,7 @@ from taskvec.experiments.analysis_setup import LayerOptions, Progress, choose_la
 from taskvec.experiments.main_experiment import set_vectors, task_rng
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.registry import PAPER_TASKS
 from taskvec.tasks.sampling import draw_splits
 
@@ -45,7 +46,7 @@ def _tokens(found: list[tuple[str, float]]) -> list[dict]:
 
 
 def interpret_task(
-    lm: LoadedModel, prepared, layers: Sequence[int], config: InterpretConfig
+    lm: LoadedModel, prepared: PreparedTask, layers: Sequence[int], config: InterpretConfig
 ) -> dict[str, dict[str, list]]:
     """Per layer: the top tokens of the mean theta over ``n_sets`` sets, and of the first ``n_single`` thetas."""
     sets = draw_splits(
