@@ -12,6 +12,7 @@ from taskvec.engine.accounting import stage
 from taskvec.engine.extraction import group_means, mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
@@ -61,16 +62,57 @@ def _rows(task: str, split: str, method: str, layer, prompts, sets_or_pairs, pre
     return rows
 
 
+def set_vectors(
+    lm: LoadedModel,
+    template: PromptTemplate,
+    sets: list[EvalSet],
+    layers: list[int],
+    batch_size: int,
+    shared_prefix: bool = True,
+) -> torch.Tensor:
+    """theta of each set (its demonstrations, averaged over its dummy queries) at ``layers``: (sets, layers, H)."""
+    groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
+    return mean_states(lm, groups, layers, batch_size=batch_size, shared_prefix=shared_prefix)
+
+
+def dev_sweep(
+    lm: LoadedModel, prepared: PreparedTask, dev: list[EvalSet], batch_size: int, shared_prefix: bool = True
+) -> tuple[list[float], list[list[str]], list[list[bool]]]:
+    """Each dev set's theta patched into its bare query at every layer: accuracy, predictions and
+    correctness per layer (the cached sweep). Work goes to the stages dev_theta and dev_sweep."""
+    template = prepared.template
+    prompts = [template.query_prompt(s.query.input) for s in dev]
+    with stage("dev_theta"):
+        vectors = set_vectors(lm, template, dev, list(range(lm.num_layers)), batch_size, shared_prefix)
+    with stage("dev_sweep"):
+        ids = sweep_token_ids(lm, prompts, vectors, max_rows=8 * batch_size)
+    accuracy, predictions, correct = [], [], []
+    for layer_ids in ids:
+        preds = decode_predictions(lm, layer_ids)
+        ok = [is_correct(p, s.query, prepared.task.scoring) for p, s in zip(preds, dev)]
+        accuracy.append(sum(ok) / len(ok))
+        predictions.append(preds)
+        correct.append(ok)
+    return accuracy, predictions, correct
+
+
+def best_layer(accuracy_by_layer: list[float]) -> int:
+    """The layer with the top accuracy, the first one on ties."""
+    return max(range(len(accuracy_by_layer)), key=lambda layer: (accuracy_by_layer[layer], -layer))
+
+
 def _test_theta_and_icl(
-    lm: LoadedModel, dummies: list[list[str]], icl_prompts: list[str], layer: int, config: MainConfig, shared: bool
+    lm: LoadedModel, template: PromptTemplate, test: list[EvalSet], layer: int, batch_size: int, shared: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """theta of each test set at ``layer`` (mean over its dummy prompts) and the ICL prediction of its query."""
+    icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     if not shared:
-        vectors = mean_states(lm, dummies, [layer], config.batch_size, shared_prefix=False)[:, 0, :]
-        return vectors, predict_token_ids(lm, icl_prompts, batch_size=config.batch_size)
+        vectors = set_vectors(lm, template, test, [layer], batch_size, shared_prefix=False)[:, 0, :]
+        return vectors, predict_token_ids(lm, icl_prompts, batch_size=batch_size)
+    dummies = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in test]
     groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
     flags = [[False] * len(d) + [True] for d in dummies]
-    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=config.batch_size)
+    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=batch_size)
     is_query = torch.tensor([f for fs in flags for f in fs])
     vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
     return vectors, out.token_ids[is_query]
@@ -96,31 +138,20 @@ def evaluate_task(
     def score(predictions: list[str], pairs: list[Pair]) -> list[bool]:
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
-    def dummy_prompts(sets: list[EvalSet]) -> list[list[str]]:
-        return [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
-
     rows: list[dict] = []
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
-    dev_pairs = [s.query for s in dev]
-    with stage("dev_theta"):
-        dev_theta = mean_states(lm, dummy_prompts(dev), None, config.batch_size, shared_prefix=shared_prefix)
-    with stage("dev_sweep"):
-        sweep_ids = sweep_token_ids(lm, dev_prompts, dev_theta, max_rows=8 * config.batch_size)
-    dev_accuracy = []
-    for layer, ids in enumerate(sweep_ids):
-        preds = decode_predictions(lm, ids)
-        ok = score(preds, dev_pairs)
-        dev_accuracy.append(sum(ok) / len(ok))
+    dev_accuracy, dev_preds, dev_ok = dev_sweep(lm, prepared, dev, config.batch_size, shared_prefix)
+    for layer, (preds, ok) in enumerate(zip(dev_preds, dev_ok)):
         rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
-    best = max(range(lm.num_layers), key=lambda layer: (dev_accuracy[layer], -layer))
+    best = best_layer(dev_accuracy)
 
     # Test: the task vector at the best layer, regular ICL, and the zero-shot baseline.
     test_pairs = [s.query for s in test]
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
-        vectors, icl_ids = _test_theta_and_icl(lm, dummy_prompts(test), icl_prompts, best, config, shared_prefix)
+        vectors, icl_ids = _test_theta_and_icl(lm, template, test, best, config.batch_size, shared_prefix)
     with stage("test_tv"):
         tv_ids = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]

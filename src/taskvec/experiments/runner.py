@@ -65,6 +65,13 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__}  # fmt: skip
 
 
+def model_info(lm: LoadedModel) -> dict:
+    """The model's id, class, type, depth and source (bundled name and sha256, or path)."""
+    return {"id": lm.model_id, "class": type(lm.model).__name__,
+            "model_type": getattr(lm.model.config, "model_type", None), "num_layers": lm.num_layers,
+            "source": lm.source}  # fmt: skip
+
+
 def peak_rss_mb() -> float:
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
@@ -152,13 +159,7 @@ def _results(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": config.seed,
         "config": config.to_dict(),
-        "model": {
-            "id": lm.model_id,
-            "class": type(lm.model).__name__,
-            "model_type": getattr(lm.model.config, "model_type", None),
-            "num_layers": lm.num_layers,
-            "source": lm.source,
-        },
+        "model": model_info(lm),
         "versions": versions(),
         "tasks": task_results,
         "summary": summarize(task_results),
