@@ -22,6 +22,7 @@ from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.hooks import StopForward, capture_last_position
+from taskvec.engine.numerics import check_finite
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -145,7 +146,8 @@ def _suffix_forward(
         with capture_last_position(lm.adapter.layers, layers, store) if layers else contextlib.nullcontext():
             if lm.adapter.accepts_logits_to_keep:
                 inputs["logits_to_keep"] = 1
-            ids = lm.model(**inputs).logits[:, -1, :].float().argmax(dim=-1).cpu()
+            logits = check_finite(lm.model(**inputs).logits[:, -1, :].float(), "next-token logits", lm.dtype)
+            ids = logits.argmax(dim=-1).cpu()
         blocks = lm.num_layers
     else:
         blocks = max(layers) + 1
@@ -156,5 +158,9 @@ def _suffix_forward(
             lm.adapter.base_model(**inputs)
     n_tokens = len(suffixes) * width
     record(tokens=n_tokens, padded_tokens=n_tokens, blocks=blocks, logit_rows=len(suffixes) if predicts else 0)
-    got = torch.stack([store[layer].float().cpu() for layer in layers], dim=1) if layers else None
+    got = None
+    if layers:
+        got = check_finite(
+            torch.stack([store[layer].float().cpu() for layer in layers], dim=1), "hidden states", lm.dtype
+        )
     return got, ids
