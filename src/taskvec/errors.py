@@ -29,3 +29,11 @@ class TaskDataError(TaskvecError):
 
 class OutputDirectoryError(TaskvecError):
     """An output directory cannot be used (unwritable, or holds a run of another configuration)."""
+
+
+class TaskVectorFileError(TaskvecError):
+    """A task vector file is missing, not a taskvec file, damaged, or tampered with."""
+
+
+class IncompatibleModelError(TaskvecError):
+    """A task vector is applied to (or mixed with) a model other than the one it was extracted from."""
