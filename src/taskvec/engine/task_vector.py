@@ -28,6 +28,7 @@ FORMAT_VERSION = 2
 _FILE_KEYS = ("format_version", "layer", "num_layers", "hidden_size", "dtype", "vectors_sha256")
 #: Metadata keys that say which model a vector belongs to; vectors mixed by ``mean`` must agree on them.
 MODEL_KEYS = ("model_id", "model_source", "architecture", "template", "prefix_ids")
+_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version")
 
 
 def vectors_sha256(vectors: torch.Tensor) -> str:
@@ -106,7 +107,7 @@ class TaskVector:
                     raise TaskvecError(
                         f"cannot average task vectors with different {key}: {a!r} and {b!r} (vector {i})"
                     )
-        meta = {k: first.metadata[k] for k in first.metadata if k in MODEL_KEYS or k in ("taskvec_version", "dtype")}
+        meta = {k: first.metadata[k] for k in first.metadata if k in MODEL_KEYS or k in _KEPT_BY_MEAN}
         meta["mean_of"] = len(vectors)
         meta["demonstration_sets"] = [s for v in vectors for s in _demonstration_sets(v.metadata)]
         meta["dummy_queries"] = [q for v in vectors for q in v.metadata.get("dummy_queries", [])]
