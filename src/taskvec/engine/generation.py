@@ -70,7 +70,7 @@ def _generate_batch(
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
     with patch_last_position(lm.adapter.layers, patches):
-        out = lm.model(**kwargs, use_cache=True)
+        out = lm.model(**kwargs, use_cache=max_new_tokens > 1)
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     mask, position = batch.attention_mask, batch.position_ids[:, -1:]
