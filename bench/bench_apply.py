@@ -1,7 +1,7 @@
 """Apply a saved task vector vs regular ICL with the same 5 demonstrations: tokens processed and wall time per
 query, at batch 1 and batch 32, and the accuracy of each (the "zero-shot cost" claim, measured).
 
-    python bench/bench_apply.py [--model gemma-3-270m] [--tasks to_upper,present_gerund,country_capital]
+    python bench/bench_apply.py [--model gemma-3-270m] [--tasks present_gerund,country_capital,en_es]
                                 [--n-queries 64] [--repeats 3] [--max-new-tokens 1] [--json out.json]
 
 Per task: ``extract_for_task`` (5 demonstrations, 2 dummy queries, layer chosen on 20 held-out pairs) makes
@@ -77,6 +77,8 @@ def bench_task(lm, name: str, args) -> list[dict]:
     used = {x for x, _ in demos} | set(tv.metadata["dummy_queries"]) | set(tv.metadata["dev_inputs"])
     prepared = prepare_task(lm, task)
     test = [p for p in prepared.pairs if p.input not in used][: args.n_queries]
+    if not test:
+        raise SystemExit(f"task {name}: no pairs left for test queries after the demonstrations and dev pairs")
     queries = [p.input for p in test]
     template = prepared.template
     prompts = {"task vector": [template.query_prompt(q) for q in queries],
@@ -110,7 +112,7 @@ def bench_task(lm, name: str, args) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--tasks", default="to_upper,present_gerund,country_capital")
+    parser.add_argument("--tasks", default="present_gerund,country_capital,en_es")
     parser.add_argument("--n-queries", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=1)
