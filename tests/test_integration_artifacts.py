@@ -26,7 +26,7 @@ def gemma():
 
 @pytest.fixture(scope="module")
 def capitals(gemma):
-    return extract_for_task(gemma, builtin_task("country_capital"), ExtractConfig(n_sets=3, n_dev=20, seed=0))
+    return extract_for_task(gemma, builtin_task("country_capital"), ExtractConfig(n_sets=3, n_dev=12, seed=0))
 
 
 def test_extracted_vector_records_model_and_dev_accuracy(gemma, capitals):
@@ -77,9 +77,9 @@ def test_cached_generation_equals_full_forwards_on_the_real_model(gemma, capital
 
 def test_cli_extract_and_apply(tmp_path, capsys):
     out = tmp_path / "upper.safetensors"
-    assert main(["extract", "--task", "to_upper", "--n-dev", "10", "-o", str(out)]) == 0
+    assert main(["extract", "--task", "to_upper", "--layer", "9", "--n-dev", "5", "-o", str(out)]) == 0
     assert "dev accuracy" in capsys.readouterr().out
     assert main(["apply", str(out), "--query", "q", "r", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "gemma-3-270m" and [r["query"] for r in result["results"]] == ["q", "r"]
-    assert result["layer"] == taskvec.TaskVector.load(out).layer
+    assert result["layer"] == taskvec.TaskVector.load(out).layer == 9
