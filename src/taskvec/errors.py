@@ -33,3 +33,11 @@ class OutputDirectoryError(TaskvecError):
 
 class NumericalError(TaskvecError):
     """A forward pass produced NaN or infinite values (e.g. float16 overflow): results would be garbage."""
+
+
+class TaskVectorFileError(TaskvecError):
+    """A task vector file is missing, not a taskvec file, damaged, or tampered with."""
+
+
+class IncompatibleModelError(TaskvecError):
+    """A task vector is applied to (or mixed with) a model other than the one it was extracted from."""

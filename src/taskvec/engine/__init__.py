@@ -2,6 +2,7 @@
 
 from taskvec.engine.extraction import extract_task_vector, mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
+from taskvec.engine.generation import StopRule, generate, generate_ids
 from taskvec.engine.patching import apply_task_vector, patched_token_ids
 from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.engine.sweep import SweepResult, layer_sweep, sweep_token_ids
@@ -10,11 +11,14 @@ from taskvec.engine.task_vector import TaskVector
 __all__ = [
     "DEFAULT_TEMPLATE",
     "PromptTemplate",
+    "StopRule",
     "SweepResult",
     "TaskVector",
     "apply_task_vector",
     "decode_predictions",
     "extract_task_vector",
+    "generate",
+    "generate_ids",
     "layer_sweep",
     "mean_states",
     "patched_token_ids",

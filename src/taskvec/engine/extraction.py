@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.engine.batching import collate, encode, length_sorted_chunks
+from taskvec.engine.compat import model_metadata
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, last_position_states
 from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.engine.shared_prefix import run_prompt_groups
-from taskvec.engine.task_vector import TaskVector
+from taskvec.engine.task_vector import TaskVector, sha256_of_json
 from taskvec.engine.validation import check_demonstrations
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
@@ -60,6 +61,7 @@ def extract_task_vector(
     *,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     n_dummy: int = 2,
+    single_token_answers: bool = True,
 ) -> TaskVector:
     """theta(S) at every layer, averaged over ICL prompts that end in dummy queries.
 
@@ -67,8 +69,11 @@ def extract_task_vector(
     queries (the paper's protocol). Without them, each of the last ``n_dummy`` demonstrations is held
     out in turn and its input becomes the dummy query of a prompt made of the other demonstrations: a
     dummy query whose answer stands in the prompt makes a much weaker task vector.
+
+    ``single_token_answers=False`` accepts demonstrations whose answers span several tokens (for
+    multi-token decoding with :meth:`TaskVector.apply`); the paper's protocol uses one-token answers.
     """
-    demonstrations = check_demonstrations(lm, demonstrations, template)
+    demonstrations = check_demonstrations(lm, demonstrations, template, single_token=single_token_answers)
     if dummy_queries is not None:
         if isinstance(dummy_queries, str) or not dummy_queries:
             raise TaskvecError(f"dummy_queries must be a non-empty list of strings, got {dummy_queries!r}")
@@ -83,9 +88,10 @@ def extract_task_vector(
         ]
     vectors = mean_states(lm, [prompts])[0]
     metadata = {
-        "model_id": lm.model_id,
+        **model_metadata(lm),
         "template": template.to_dict(),
         "demonstrations": [list(d) for d in demonstrations],
+        "demonstrations_sha256": sha256_of_json([list(d) for d in demonstrations]),
         "dummy_queries": list(dummy_queries),
     }
     return TaskVector(vectors=vectors, metadata=metadata)

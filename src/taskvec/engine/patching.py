@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from taskvec.engine.compat import check_compatible
 from taskvec.engine.forward import (
     DEFAULT_BATCH_SIZE,
     check_layers,
@@ -17,17 +18,6 @@ from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
-
-
-def check_compatible(lm: LoadedModel, task_vector: TaskVector) -> None:
-    """The task vector must come from a model of this shape (layer count and hidden size)."""
-    layers, hidden = task_vector.vectors.shape
-    model_hidden = lm.model.get_input_embeddings().weight.shape[-1]
-    if layers != lm.num_layers or hidden != model_hidden:
-        raise TaskvecError(
-            f"task vector of shape ({layers} layers, hidden size {hidden}) does not fit this model "
-            f"({lm.num_layers} layers, hidden size {model_hidden}): it was extracted from another model"
-        )
 
 
 def template_of(task_vector: TaskVector) -> PromptTemplate:

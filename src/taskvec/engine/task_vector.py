@@ -1,17 +1,43 @@
-"""The TaskVector object and its safetensors file format (tensors + JSON metadata)."""
+"""The TaskVector object and its safetensors file format (tensors + JSON metadata).
+
+Format version 2 (written now): one float32 tensor ``vectors`` (num_layers, hidden) and, under the
+safetensors metadata key ``taskvec``, a JSON object with the descriptive metadata (model id, weights
+sha256 or revision, architecture, template, prompt prefix ids, demonstrations, dummy queries, dev
+accuracy, taskvec version...) plus what :meth:`TaskVector.load` verifies: ``format_version``, ``layer``,
+``num_layers``, ``hidden_size``, ``dtype`` and ``vectors_sha256`` (sha256 of the tensor's bytes), so a
+truncated or tampered file is refused. Version-1 files (no checksum) still load.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from taskvec.errors import TaskvecError
+from taskvec.errors import TaskvecError, TaskVectorFileError
 
 _KEY = "taskvec"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Keys written by ``save`` and checked (then dropped) by ``load``: not part of ``metadata``.
+_FILE_KEYS = ("format_version", "layer", "num_layers", "hidden_size", "dtype", "vectors_sha256")
+#: Metadata keys that say which model a vector belongs to; vectors mixed by ``mean`` must agree on them.
+MODEL_KEYS = ("model_id", "model_source", "architecture", "template", "prefix_ids")
+_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version")
+
+
+def vectors_sha256(vectors: torch.Tensor) -> str:
+    """sha256 of the float32 little-endian bytes of ``vectors`` (what the file stores)."""
+    data = vectors.detach().contiguous().float().cpu().numpy()
+    return hashlib.sha256(data.astype("<f4", copy=False).tobytes()).hexdigest()
+
+
+def sha256_of_json(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -19,6 +45,7 @@ class TaskVector:
     """theta(S) at every layer: ``vectors[l]`` is block ``l``'s output at the last prompt token.
 
     ``layer`` is the layer to patch at when none is given (chosen by a dev sweep, or set by the user).
+    ``alpha * tv`` scales theta; :meth:`mean` averages vectors of one model and layer.
     """
 
     vectors: torch.Tensor  # (num_layers, hidden), float32
@@ -28,6 +55,10 @@ class TaskVector:
     @property
     def num_layers(self) -> int:
         return self.vectors.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vectors.shape[1]
 
     def at(self, layer: int | None = None) -> torch.Tensor:
         chosen = self.layer if layer is None else layer
@@ -39,56 +70,151 @@ class TaskVector:
             )
         return self.vectors[chosen]
 
+    # --- arithmetic ---------------------------------------------------------------------------------
+
+    def __mul__(self, alpha: float) -> TaskVector:
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            return NotImplemented
+        alpha = float(alpha)
+        if not torch.isfinite(torch.tensor(alpha)):
+            raise TaskvecError(f"scale factor {alpha!r} is not a finite number")
+        meta = dict(self.metadata, alpha=float(self.metadata.get("alpha", 1.0)) * alpha)
+        return TaskVector(vectors=self.vectors * alpha, layer=self.layer, metadata=meta)
+
+    __rmul__ = __mul__
+
+    @classmethod
+    def mean(cls, vectors: Sequence[TaskVector]) -> TaskVector:
+        """The average of task vectors of the same model (same id, weights, shape, template) and layer."""
+        vectors = list(vectors)
+        if not vectors or not all(isinstance(v, TaskVector) for v in vectors):
+            raise TaskvecError(f"TaskVector.mean needs a non-empty list of TaskVector objects, got {vectors!r:.80}")
+        first = vectors[0]
+        for i, other in enumerate(vectors[1:], start=1):
+            if other.vectors.shape != first.vectors.shape:
+                raise TaskvecError(
+                    f"cannot average task vectors of shapes {tuple(first.vectors.shape)} and "
+                    f"{tuple(other.vectors.shape)} (vector {i}): (layers, hidden size) differ, so do the models"
+                )
+            if other.layer != first.layer:
+                raise TaskvecError(
+                    f"cannot average task vectors of layers {first.layer} and {other.layer} (vector {i})"
+                )
+            for key in MODEL_KEYS:
+                a, b = first.metadata.get(key), other.metadata.get(key)
+                if a is not None and b is not None and a != b:
+                    raise TaskvecError(
+                        f"cannot average task vectors with different {key}: {a!r} and {b!r} (vector {i})"
+                    )
+        meta = {k: first.metadata[k] for k in first.metadata if k in MODEL_KEYS or k in _KEPT_BY_MEAN}
+        meta["mean_of"] = len(vectors)
+        meta["demonstration_sets"] = [s for v in vectors for s in _demonstration_sets(v.metadata)]
+        meta["dummy_queries"] = [q for v in vectors for q in v.metadata.get("dummy_queries", [])]
+        stacked = torch.stack([v.vectors.float() for v in vectors])
+        return cls(vectors=stacked.mean(dim=0), layer=first.layer, metadata=meta)
+
+    # --- applying -----------------------------------------------------------------------------------
+
+    def apply(self, lm, queries: Sequence[str], max_new_tokens: int = 1, *, layer: int | None = None, **kwargs):
+        """Answers to ``queries`` with theta patched at ``layer`` (default: the stored one), decoding up to
+        ``max_new_tokens`` greedily. Keyword arguments go to :func:`taskvec.engine.generation.apply_generate`."""
+        from taskvec.engine.generation import apply_generate
+
+        return apply_generate(lm, self, queries, max_new_tokens=max_new_tokens, layer=layer, **kwargs)
+
+    # --- files --------------------------------------------------------------------------------------
+
     def save(self, path: str | Path) -> None:
-        """Write a .safetensors file atomically (a unique temporary name in the same folder, then rename)."""
+        """Write a .safetensors file (atomically: a temporary name, then rename)."""
         from safetensors.torch import save
 
         from taskvec.report.results_io import write_text_atomic
 
-        meta = {**self.metadata, "format_version": FORMAT_VERSION, "layer": self.layer}
-        blob = save({"vectors": self.vectors.contiguous().float()}, metadata={_KEY: json.dumps(meta)})
-        write_text_atomic(path, blob)
+        path = Path(path)
+        vectors = self.vectors.detach().contiguous().float().cpu()
+        meta = {
+            **{k: v for k, v in self.metadata.items() if k not in _FILE_KEYS},
+            "format_version": FORMAT_VERSION,
+            "layer": self.layer,
+            "num_layers": vectors.shape[0],
+            "hidden_size": vectors.shape[1],
+            "dtype": "float32",
+            "vectors_sha256": vectors_sha256(vectors),
+        }
+        blob = save({"vectors": vectors}, metadata={_KEY: json.dumps(meta, ensure_ascii=False)})
+        write_text_atomic(path, blob)  # unique temporary name in the same folder, fsync, rename
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
-        """Read a file written by :meth:`save`; anything else gives a TaskvecError saying what is wrong."""
+        """Read a file written by :meth:`save` (format 1 or 2); a damaged or foreign file raises TaskvecError."""
         from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
-            raise TaskvecError(f"task vector file {str(path)!r} does not exist")
+            raise TaskVectorFileError(f"task vector file {str(path)!r} does not exist")
+        name = repr(str(path))
         try:
             with safe_open(str(path), framework="pt") as fh:
-                raw_meta = (fh.metadata() or {}).get(_KEY, "{}")
-                vectors = fh.get_tensor("vectors")
+                raw = (fh.metadata() or {}).get(_KEY)
+                keys = list(fh.keys())
+                vectors = fh.get_tensor("vectors") if "vectors" in keys else None
         except Exception as exc:  # safetensors raises its own error types for bad files
-            raise TaskvecError(f"{str(path)!r} is not a taskvec safetensors file: {_first_line(exc)}") from exc
-        try:
-            meta = json.loads(raw_meta)
-        except (ValueError, RecursionError) as exc:
-            raise TaskvecError(f"{str(path)!r} has unreadable taskvec metadata (not JSON: {exc})") from None
-        if not isinstance(meta, dict):
-            raise TaskvecError(f"{str(path)!r}: taskvec metadata must be a JSON object, got {type(meta).__name__}")
-        _check_vectors(vectors, path)
-        layer = meta.pop("layer", None)
-        if layer is not None and (type(layer) is not int or not 0 <= layer < vectors.shape[0]):
-            raise TaskvecError(
-                f"{str(path)!r}: stored layer {layer!r} is not a layer index 0..{vectors.shape[0] - 1} or null"
+            raise TaskVectorFileError(
+                f"{name} is not a taskvec safetensors file (or it is truncated): {_first_line(exc)}"
+            ) from exc
+        if raw is None or vectors is None:
+            raise TaskVectorFileError(
+                f"{name} is not a taskvec safetensors file: it has no 'taskvec' metadata or no 'vectors' "
+                f"tensor (tensors: {keys[:5]})"
             )
-        meta.pop("format_version", None)
+        try:
+            meta = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise TaskVectorFileError(f"{name}: its taskvec metadata is not valid JSON ({_first_line(exc)})") from None
+        if not isinstance(meta, dict):
+            raise TaskVectorFileError(f"{name}: its taskvec metadata is {type(meta).__name__}, expected a JSON object")
+        version = meta.get("format_version", 1)
+        if version not in (1, FORMAT_VERSION):
+            raise TaskVectorFileError(
+                f"{name} has task vector format version {version!r}; this taskvec reads versions 1 and "
+                f"{FORMAT_VERSION} (a newer taskvec wrote it?)"
+            )
+        if vectors.ndim != 2 or 0 in vectors.shape or not vectors.is_floating_point():
+            raise TaskVectorFileError(f"{name}: 'vectors' has shape {tuple(vectors.shape)} {vectors.dtype}, "
+                                      "expected a 2-D float tensor (layers, hidden)")  # fmt: skip
+        if version >= 2:
+            _verify(name, meta, vectors)
+        if not bool(torch.isfinite(vectors).all()):
+            raise TaskVectorFileError(f"{name}: 'vectors' holds NaN or infinite values; extract the task vector again")
+        layer = meta.get("layer")
+        if layer is not None and (type(layer) is not int or not 0 <= layer < vectors.shape[0]):
+            raise TaskVectorFileError(
+                f"{name}: stored layer {layer!r} is not a layer index 0..{vectors.shape[0] - 1} or null"
+            )
+        for key in _FILE_KEYS:
+            meta.pop(key, None)
         return cls(vectors=vectors.float(), layer=layer, metadata=meta)
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _check_vectors(vectors: torch.Tensor, path: Path) -> None:
-    if vectors.dim() != 2 or 0 in vectors.shape:
-        raise TaskvecError(
-            f"{str(path)!r}: 'vectors' has shape {tuple(vectors.shape)}; expected (num_layers, hidden_size)"
+def _verify(name: str, meta: dict, vectors: torch.Tensor) -> None:
+    expected = (meta.get("num_layers"), meta.get("hidden_size"))
+    if tuple(vectors.shape) != expected:
+        raise TaskVectorFileError(
+            f"{name}: 'vectors' has shape {tuple(vectors.shape)} but its metadata says {expected}: the file was altered"
         )
-    if not vectors.is_floating_point():
-        raise TaskvecError(f"{str(path)!r}: 'vectors' has dtype {vectors.dtype}; expected a floating-point tensor")
-    if not torch.isfinite(vectors).all():
-        raise TaskvecError(f"{str(path)!r}: 'vectors' holds NaN or infinite values; extract the task vector again")
+    digest = vectors_sha256(vectors)
+    if digest != meta.get("vectors_sha256"):
+        raise TaskVectorFileError(
+            f"{name}: the vectors' sha256 {digest[:16]}... does not match the recorded "
+            f"{str(meta.get('vectors_sha256'))[:16]}...: the file is damaged or was tampered with"
+        )
+
+
+def _demonstration_sets(meta: dict) -> list:
+    if "demonstration_sets" in meta:
+        return list(meta["demonstration_sets"])
+    return [meta["demonstrations"]] if "demonstrations" in meta else []

@@ -23,6 +23,7 @@ class PreparedTask:
     task: Task
     template: PromptTemplate
     pairs: tuple[Pair, ...]
+    answer_tokens: tuple[int, ...] = ()  # tokens of each pair's answer after its query prompt (1 by default)
 
     @property
     def name(self) -> str:
@@ -38,9 +39,14 @@ def _single_token_pairs(lm: LoadedModel, task: Task, template: PromptTemplate) -
     return tuple(p for p, c in zip(task.pairs, counts) if c == 1)
 
 
-def prepare_task(lm: LoadedModel, task: Task, template: PromptTemplate = DEFAULT_TEMPLATE) -> PreparedTask:
+def prepare_task(
+    lm: LoadedModel, task: Task, template: PromptTemplate = DEFAULT_TEMPLATE, *, keep_multi_token: bool = False
+) -> PreparedTask:
     """Pick the answer prefix (a space after ``->`` when >= 70% of answers stay one token, else the
-    variant keeping more pairs) and keep the pairs whose answer is one token."""
+    variant keeping more pairs) and keep the pairs whose answer is one token.
+
+    ``keep_multi_token=True`` (for multi-token decoding; not the paper's protocol) picks the prefix the
+    same way but keeps every pair whose answer tokenizes cleanly after the query, of any length."""
     spaced = template.with_answer_prefix(" ")
     kept = _single_token_pairs(lm, task, spaced)
     if len(kept) >= SPACE_SURVIVAL_THRESHOLD * len(task.pairs):
@@ -51,4 +57,8 @@ def prepare_task(lm: LoadedModel, task: Task, template: PromptTemplate = DEFAULT
         template, kept = (spaced, kept) if len(kept) >= len(kept_plain) else (plain, kept_plain)
     logger.info("task %s: %d of %d pairs have a one-token answer (answer prefix %r)",
                 task.name, len(kept), len(task.pairs), template.answer_prefix)  # fmt: skip
-    return PreparedTask(task=task, template=template, pairs=kept)
+    if keep_multi_token:
+        counts = answer_token_counts(lm, [(p.input, p.output) for p in task.pairs], template)
+        chosen = [(p, c) for p, c in zip(task.pairs, counts) if c >= 1]
+        return PreparedTask(task, template, tuple(p for p, _ in chosen), tuple(c for _, c in chosen))
+    return PreparedTask(task=task, template=template, pairs=kept, answer_tokens=(1,) * len(kept))

@@ -1,0 +1,82 @@
+"""``taskvec apply``: answer queries with a saved task vector, no demonstrations in the prompt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from taskvec.commands._common import add_dtype_argument
+from taskvec.errors import TaskvecError
+
+NAME = "apply"
+HELP = "answer queries zero-shot with a saved task vector (theta patched in; multi-token greedy decoding)"
+ORDER = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_vector", help=".safetensors file written by `taskvec extract` or TaskVector.save")
+    parser.add_argument("--model", default=None, help="model to load (default: the one recorded in the file)")
+    queries = parser.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--query", nargs="+", help="one or more queries")
+    queries.add_argument("--queries", help="file of queries: one per line (.txt) or a JSON list of strings")
+    parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens to decode at most (1..256)")
+    parser.add_argument("--layer", type=int, default=None, help="patch at this layer instead of the stored one")
+    parser.add_argument("--alpha", type=float, default=1.0, help="scale theta by this factor")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    add_dtype_argument(parser)
+
+
+def read_queries(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise TaskvecError(f"queries file {path!r} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+        if file.suffix.lower() == ".json":
+            queries = json.loads(text)
+            if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+                raise TaskvecError(f"queries file {path!r}: expected a JSON list of strings")
+        else:
+            queries = [line.strip() for line in text.splitlines()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TaskvecError(f"queries file {path!r} cannot be read: {exc}") from exc
+    queries = [q for q in queries if q.strip()]
+    if not queries:
+        raise TaskvecError(f"queries file {path!r} holds no queries (blank lines are skipped)")
+    return queries
+
+
+def run(args: argparse.Namespace) -> None:
+    from taskvec.engine.generation import check_max_new_tokens
+    from taskvec.engine.task_vector import TaskVector
+    from taskvec.models.loading import load_model
+
+    check_max_new_tokens(args.max_new_tokens)
+    if args.batch_size < 1:
+        raise TaskvecError(f"--batch-size must be at least 1, got {args.batch_size}")
+    queries = read_queries(args.queries) if args.queries else list(args.query)
+    blank = [q for q in queries if not q.strip()]
+    if blank:
+        raise TaskvecError(f"query {blank[0]!r} is empty; expected the input of the task")
+    tv = TaskVector.load(args.task_vector)
+    if args.alpha != 1.0:
+        tv = args.alpha * tv
+    model = args.model or tv.metadata.get("model_id")
+    if not model:
+        raise TaskvecError(f"{args.task_vector!r} records no model id (an old file?): pass --model")
+    print(f"loading {model} ...", file=sys.stderr)
+    lm = load_model(model, dtype=args.dtype)
+    answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size)
+    layer = tv.layer if args.layer is None else args.layer
+    if args.json:
+        print(json.dumps({"task_vector": args.task_vector, "model": model, "task": tv.metadata.get("task"),
+                          "layer": layer, "alpha": args.alpha, "max_new_tokens": args.max_new_tokens,
+                          "results": [{"query": q, "answer": a} for q, a in zip(queries, answers)]},
+                         ensure_ascii=False, indent=2))  # fmt: skip
+        return
+    width = max(len(q) for q in queries) + 2
+    for query, answer in zip(queries, answers):
+        print(f"{query:<{width}}{answer}")

@@ -1,0 +1,64 @@
+"""``taskvec extract``: demonstrations of a task -> a task vector file (safetensors + JSON metadata)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from taskvec.commands._common import add_dtype_argument, add_model_argument, require_positive
+from taskvec.errors import TaskvecError
+
+NAME = "extract"
+HELP = "extract a task vector from a task's demonstrations and save it (layer chosen on held-out pairs)"
+ORDER = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="built-in task (see `taskvec tasks`)")
+    source.add_argument("--demos", help="JSON/JSONL/CSV file of input/output pairs (as for `taskvec run --task-file`)")
+    parser.add_argument("--layer", default="auto", help="layer to patch at: auto (dev sweep, default) or 0..L-1")
+    parser.add_argument("--n-sets", type=int, default=1, help="demonstration sets theta is averaged over")
+    parser.add_argument("--shots", type=int, default=5, help="demonstrations per set")
+    parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries per set")
+    parser.add_argument("--n-dev", type=int, default=20, help="held-out pairs scored to choose the layer (at most)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_dtype_argument(parser)
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
+
+
+def parse_layer(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise TaskvecError(f"--layer must be 'auto' or a layer number, got {value!r}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from taskvec.experiments.extract import ExtractConfig, extract_for_task
+    from taskvec.models.loading import load_model
+    from taskvec.tasks.registry import builtin_task, load_task_file
+
+    require_positive(args, "n_sets", "shots", "n_dummy", "n_dev")
+    config = ExtractConfig(shots=args.shots, n_sets=args.n_sets, n_dummy=args.n_dummy, n_dev=args.n_dev,
+                           layer=parse_layer(args.layer), seed=args.seed)  # fmt: skip
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise TaskvecError(f"output directory {str(out.parent)!r} of -o {args.output!r} does not exist")
+    task = builtin_task(args.task) if args.task else load_task_file(args.demos)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    lm = load_model(args.model, dtype=args.dtype)
+    with tqdm(total=config.n_sets, unit="set", desc="extracting", file=sys.stderr) as bar:
+        tv = extract_for_task(lm, task, config, progress=lambda done: bar.update(done - bar.n))
+    tv.save(out)
+    meta = tv.metadata
+    print(f"task {task.name} on {args.model}: layer {tv.layer} of {lm.num_layers} ({meta['layer_selection']}), "
+          f"dev accuracy {meta['dev_accuracy']:.2f} on {len(meta['dev_inputs'])} held-out pairs, "
+          f"{config.n_sets} set(s) of {config.shots} demonstrations -> {out}")  # fmt: skip

@@ -1,0 +1,100 @@
+"""``taskvec extract``: a task's demonstrations -> one task vector file, its layer chosen on held-out pairs.
+
+The task's pairs (one-token answers for this model, the paper's protocol) are shuffled with the seed;
+up to ``n_dev`` of them are held out as dev queries, the rest form the pool that the ``n_sets``
+demonstration sets (``shots`` demonstrations + ``n_dummy`` dummy queries each, all distinct) are drawn
+from. theta is averaged over the sets and their dummy queries. With ``layer=None`` ("auto") the layer is
+the first one of best dev accuracy in a sweep over all layers; the dev accuracy is recorded either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from taskvec.engine.extraction import extract_task_vector
+from taskvec.engine.forward import check_layers
+from taskvec.engine.sweep import layer_sweep
+from taskvec.engine.task_vector import TaskVector
+from taskvec.errors import TaskDataError, TaskvecError
+from taskvec.models.loading import LoadedModel
+from taskvec.tasks.definitions import Task
+from taskvec.tasks.preparation import prepare_task
+from taskvec.tasks.scoring import is_correct
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    shots: int = 5
+    n_sets: int = 1
+    n_dummy: int = 2
+    n_dev: int = 20
+    layer: int | None = None  # None: choose by the dev sweep
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("shots", "n_sets", "n_dummy", "n_dev"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "n_dev" else 1):
+                raise TaskvecError(f"{name} must be an integer >= {0 if name == 'n_dev' else 1}, got {value!r}")
+
+    def minimum_pairs(self) -> int:
+        """Pairs needed: one set's demonstrations and dummy queries, all distinct, and one dev query."""
+        return self.shots + self.n_dummy + 1
+
+
+def extract_for_task(
+    lm: LoadedModel, task: Task, config: ExtractConfig, progress: Callable[[int], None] | None = None
+) -> TaskVector:
+    """A task vector of ``task`` on ``lm`` with its layer and dev accuracy in the metadata."""
+    if config.layer is not None:
+        check_layers(lm, [config.layer])
+    prepared = prepare_task(lm, task)
+    pairs = list(prepared.pairs)
+    need = config.minimum_pairs()
+    if len(pairs) < need:
+        raise TaskDataError(
+            f"task {task.name!r} has {len(pairs)} usable pairs (answers of one token for this model, out of "
+            f"{len(task.pairs)}); --shots {config.shots} with --n-dummy {config.n_dummy} and one held-out dev pair "
+            f"need at least {need}"
+        )
+    rng = random.Random(f"{config.seed}:{task.name}")
+    rng.shuffle(pairs)
+    n_dev = max(1, min(config.n_dev, len(pairs) - config.shots - config.n_dummy))
+    dev, pool = pairs[:n_dev], pairs[n_dev:]
+    per_set = config.shots + config.n_dummy
+    vectors = []
+    for k in range(config.n_sets):
+        chosen = rng.sample(pool, per_set)
+        demos = [(p.input, p.output) for p in chosen[: config.shots]]
+        dummies = [p.input for p in chosen[config.shots :]]
+        vectors.append(extract_task_vector(lm, demos, dummies, template=prepared.template))
+        if progress is not None:
+            progress(k + 1)
+    theta = TaskVector.mean(vectors) if len(vectors) > 1 else vectors[0]
+    layers = list(range(lm.num_layers)) if config.layer is None else [config.layer]
+    sweep = layer_sweep(lm, theta, [p.input for p in dev], layers=layers)
+    accuracy = [sum(is_correct(p, d, task.scoring) for p, d in zip(row, dev)) / len(dev) for row in sweep.predictions]
+    best = max(range(len(layers)), key=lambda i: (accuracy[i], -i))
+    theta.layer = layers[best]
+    theta.metadata.update(
+        task=task.name,
+        task_source=task.source,
+        scoring=task.scoring,
+        shots=config.shots,
+        n_sets=config.n_sets,
+        n_dummy=config.n_dummy,
+        seed=config.seed,
+        layer_selection="auto" if config.layer is None else "given",
+        dev_inputs=[p.input for p in dev],
+        dev_accuracy=accuracy[best],
+        dev_accuracy_by_layer=accuracy if config.layer is None else None,
+        n_usable_pairs=len(pairs),
+    )
+    logger.info("task %s: layer %d, dev accuracy %.2f on %d held-out pairs", task.name, theta.layer, accuracy[best],
+                len(dev))  # fmt: skip
+    return theta

@@ -1,0 +1,112 @@
+"""``taskvec extract`` and ``taskvec apply`` end to end on a tiny model saved as a model folder, and their
+refusal of bad input (exit code 2, one clear line, no traceback, no output file)."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from tiny_models import make_tiny_model
+
+import taskvec
+from taskvec.cli import main
+from taskvec.experiments.extract import ExtractConfig, extract_for_task
+from taskvec.tasks.registry import load_task_file
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    lm = make_tiny_model("llama")
+    folder = tmp_path_factory.mktemp("tiny-llama-folder")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "upper.csv"
+    path.write_text("input,output\n" + "".join(f"{c},{c.upper()}\n" for c in string.ascii_lowercase))
+    return path
+
+
+def test_extract_then_apply(model_dir, demos, tmp_path, capsys):
+    out = tmp_path / "upper.safetensors"
+    argv = [
+        "extract",
+        "--model",
+        str(model_dir),
+        "--demos",
+        str(demos),
+        "--n-sets",
+        "3",
+        "--n-dev",
+        "6",
+        "-o",
+        str(out),
+    ]
+    assert main(argv) == 0
+    tv = taskvec.TaskVector.load(out)
+    meta = tv.metadata
+    assert meta["task"] == "upper" and meta["n_sets"] == 3 and len(meta["demonstration_sets"]) == 3
+    assert meta["layer_selection"] == "auto" and len(meta["dev_accuracy_by_layer"]) == 3
+    assert meta["dev_accuracy"] == max(meta["dev_accuracy_by_layer"]) and len(meta["dev_inputs"]) == 6
+    assert meta["model_id"] == str(model_dir) and meta["model_source"]["path"] == str(model_dir.resolve())
+    used = {x for s in meta["demonstration_sets"] for x, _ in s} | set(meta["dummy_queries"])
+    assert not used & set(meta["dev_inputs"]), "dev pairs must be held out of every demonstration set"
+    assert "dev accuracy" in capsys.readouterr().out
+
+    # The same vector from the library (same seed) is bit-identical.
+    lm = taskvec.load_model(str(model_dir))
+    again = extract_for_task(lm, load_task_file(demos), ExtractConfig(n_sets=3, n_dev=6))
+    assert again.vectors.numpy().tobytes() == tv.vectors.numpy().tobytes() and again.layer == tv.layer
+
+    queries = tmp_path / "q.txt"
+    queries.write_text("a\n\nb\nzz\n")
+    assert main(["apply", str(out), "--queries", str(queries), "--max-new-tokens", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in result["results"]] == ["a", "b", "zz"] and result["layer"] == tv.layer
+    assert [r["answer"] for r in result["results"]] == tv.apply(lm, ["a", "b", "zz"], 3)
+
+    assert main(["apply", str(out), "--query", "a", "b", "--alpha", "2", "--layer", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["a", "b"]
+    expected = (2 * tv).apply(lm, ["a", "b"], layer=0)
+    assert [line[3:].strip() for line in lines] == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["apply", "{bad}", "--query", "a"], "is not a taskvec safetensors file"),
+        (["apply", "{tv}", "--query", "a", "--max-new-tokens", "0"], "max_new_tokens must be in 1..256, got 0"),
+        (["apply", "{tv}", "--query", "a", "--max-new-tokens", "999"], "max_new_tokens must be in 1..256, got 999"),
+        (["apply", "{tv}", "--query", " "], "query ' ' is empty"),
+        (["apply", "{tv}", "--queries", "{empty}"], "holds no queries"),
+        (["apply", "{tv}", "--queries", "/no/such/file.txt"], "queries file '/no/such/file.txt' does not exist"),
+        (["apply", "/no/such.safetensors", "--query", "a"], "does not exist"),
+        (["extract", "--demos", "{few}", "-o", "{out}", "--model", "{model}"], "has 6 usable pairs"),
+        (["extract", "--task", "to_upper", "--layer", "mid", "-o", "{out}"], "--layer must be 'auto' or a layer"),
+        (["extract", "--task", "to_upper", "--n-sets", "0", "-o", "{out}"], "--n-sets must be at least 1, got 0"),
+        (["extract", "--demos", "{demos}", "-o", "{out}", "--model", "{model}", "--layer", "7"], "layer 7 is out of"),
+        (["extract", "--task", "to_upper", "-o", "/no/dir/x.safetensors"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(argv, message, model_dir, demos, tmp_path, capsys):
+    tv_path = tmp_path / "tv.safetensors"
+    taskvec.extract_task_vector(make_tiny_model("llama"), [("a", "A"), ("b", "B")]).save(tv_path)
+    (tmp_path / "bad.safetensors").write_text("not a tensor file")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "few.json").write_text(json.dumps([{"input": c, "output": c.upper()} for c in "abcdef"]))
+    names = {
+        "bad": tmp_path / "bad.safetensors", "tv": tv_path, "empty": tmp_path / "empty.txt", "demos": demos,
+        "few": tmp_path / "few.json", "out": tmp_path / "out.safetensors", "model": model_dir,
+    }  # fmt: skip
+    argv = [a.format(**names) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "taskvec: error:" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()
