@@ -122,7 +122,8 @@ def predictions(run_dir: Path) -> list[dict]:
 
 
 def agreement(a: list[dict], b: list[dict]) -> tuple[int, int]:
-    key = lambda r: (r["task"], r["split"], r["method"], r["set"], r["layer"])  # noqa: E731
+    # The test rows of the task vector carry the best layer, which may differ between the runs.
+    key = lambda r: (r["task"], r["split"], r["method"], r["set"], r["layer"] if r["split"] == "dev" else None)  # noqa: E731
     left = {key(r): r["prediction"] for r in a}
     right = {key(r): r["prediction"] for r in b}
     if left.keys() != right.keys():
@@ -182,12 +183,18 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="+", default=["paper"])
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
+                        help="only compare the predictions of two existing run directories")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model, args.tasks, args.out)
         return 0
+    if args.compare:
+        same, total = agreement(predictions(Path(args.compare[0])), predictions(Path(args.compare[1])))
+        print(f"{same}/{total} predictions identical ({100 * same / total:.2f}%)")
+        return 0 if same == total else 1
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:

@@ -15,7 +15,7 @@ from taskvec.engine.accounting import accounting
 from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.shared_prefix import common_prefix_length, run_prompt_groups
-from taskvec.errors import TaskvecError
+from taskvec.errors import TaskDataError, TaskvecError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -75,6 +75,18 @@ def test_fewer_tokens_are_processed():
     assert plain.total().tokens == sum(len(p) + 1 for g in GROUPS for p in g)  # characters + <bos>
 
 
+def test_too_few_pairs_is_an_error_not_a_hang():
+    import random
+
+    from taskvec.tasks.definitions import Pair
+    from taskvec.tasks.sampling import draw_splits
+
+    with pytest.raises(TaskDataError, match="cannot fill one set"):
+        draw_splits((), 5, 3, 3, 3, 2, random.Random(0))
+    with pytest.raises(TaskDataError, match="needs 8"):
+        draw_splits(tuple(Pair(str(i), str(i)) for i in range(7)), 5, 3, 3, 3, 2, random.Random(0))
+
+
 def test_bad_arguments():
     lm = make_tiny_model("llama")
     with pytest.raises(TaskvecError, match="one flag per prompt"):
@@ -93,7 +105,7 @@ def test_protocol_fast_path_equals_straightforward_path(family):
 
     lm = make_tiny_model(family)
     config = MainConfig(model="tiny", n_dev=6, n_test=5, n_baseline=6, seed=3, batch_size=4)
-    for name in ("to_upper", "antonyms"):
+    for name in ("to_upper", "next_letter"):
         prepared = prepare_task(lm, builtin_task(name))
         with accounting() as fast_work:
             fast, fast_rows = evaluate_task(lm, prepared, config, shared_prefix=True)

@@ -16,6 +16,7 @@ from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
 from taskvec.engine.numerics import check_finite
+from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -108,8 +109,21 @@ def predict_token_ids(
         if patch_layers is not None and patch_vectors is not None:
             patches = patches_for_rows([patch_layers[i] for i in group], patch_vectors[group])
         with patch_last_position(lm.adapter.layers, patches):
-            result[group] = next_token_logits(lm, batch).argmax(dim=-1)
+            result[group] = next_token_ids(lm, batch)
     return result
+
+
+@torch.no_grad()
+def next_token_ids(lm: LoadedModel, batch: Batch) -> torch.Tensor:
+    """Greedy next token of each row (N,). Once the sweep has verified for this model that the argmax of
+    the unembedding of the final hidden state gives its predictions (``fast_sweep_verified``), that path
+    is used (no full float32 logits); otherwise the model's own logits."""
+    if not lm.adapter.fast_sweep_verified:
+        return next_token_logits(lm, batch).argmax(dim=-1)
+    out = lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
+    hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
+    record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
+    return argmax_over_vocab(lm.adapter.unembedding, hidden)
 
 
 def decode_prediction(lm: LoadedModel, token_id: int) -> str:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
@@ -24,14 +23,13 @@ from taskvec.engine.numerics import check_finite
 from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.task_vector import TaskVector
+from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.errors import TaskvecError
-from taskvec.models.devices import weights_offloaded
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 256  # rows of one last-token forward
-VOCAB_SLICE = 4096  # unembedding rows per matrix product of the argmax (no (rows, vocab) logits tensor)
 
 
 @torch.no_grad()
@@ -118,26 +116,6 @@ def _last_token_ids(
         else:
             ids = next_token_logits(lm, step, past_key_values=cache).argmax(dim=-1)
     return ids.view(n, k)
-
-
-def argmax_over_vocab(unembedding: torch.nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE):
-    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time."""
-    if weights_offloaded(unembedding):  # accelerate brings the weights in for a forward call only
-        return unembedding(hidden).float().argmax(dim=-1).cpu()
-    weight = unembedding.weight
-    bias = getattr(unembedding, "bias", None)
-    hidden = hidden.to(device=weight.device, dtype=weight.dtype)
-    best_value = torch.full((hidden.shape[0],), -torch.inf, device=weight.device)
-    best_index = torch.zeros(hidden.shape[0], dtype=torch.long, device=weight.device)
-    for start in range(0, weight.shape[0], slice_rows):
-        stop = start + slice_rows
-        logits = F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
-        value, index = logits.float().max(dim=-1)
-        better = value > best_value  # strict: an earlier slice keeps ties
-        best_value = torch.where(better, value, best_value)
-        best_index = torch.where(better, index + start, best_index)
-    check_finite(best_value, "top logits", weight.dtype)
-    return best_index.cpu()
 
 
 def _fast_path_verified(lm: LoadedModel, batch: Batch, prefix_cache, arity, vectors: torch.Tensor) -> bool:

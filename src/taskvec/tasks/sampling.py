@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskvec.errors import TaskDataError
 from taskvec.tasks.definitions import Pair
 
 
@@ -49,6 +50,11 @@ def draw_splits(
     pairs: tuple[Pair, ...], shots: int, n_dev: int, n_test: int, n_baseline: int, n_dummy: int, rng: random.Random
 ) -> tuple[list[EvalSet], list[EvalSet], list[Pair]]:
     """Dev sets, test sets and baseline queries. Dev and test queries are distinct when the pool allows."""
+    if len(pairs) < minimum_pairs(shots, n_dummy):
+        raise TaskDataError(
+            f"{len(pairs)} usable pairs cannot fill one set of {shots} demonstrations, a query and {n_dummy} "
+            f"dummy queries (needs {minimum_pairs(shots, n_dummy)})"
+        )
     queries = query_stream(pairs, n_dev + n_test, rng)
     dev = build_sets(pairs, queries[:n_dev], shots, n_dummy, rng)
     test = build_sets(pairs, queries[n_dev:], shots, n_dummy, rng)
