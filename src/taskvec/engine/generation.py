@@ -148,19 +148,13 @@ def apply_generate(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[str]:
     """Answers to ``queries`` with ``task_vector`` patched at ``layer`` (default: its stored layer)."""
-    from taskvec.engine.patching import check_compatible, template_of
+    from taskvec.engine.patching import check_compatible, patch_inputs
 
     check_compatible(lm, task_vector)
     queries = check_queries(queries)
     blank = [q for q in queries if not q.strip()]
     if blank:
         raise TaskvecError(f"query {blank[0]!r} is empty; expected the input of the task, e.g. 'France'")
-    chosen = task_vector.layer if layer is None else layer
-    if chosen is None:
-        raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
-    (chosen,) = check_layers(lm, [chosen])
-    template = template or template_of(task_vector)
-    prompts = [template.query_prompt(q) for q in queries]
-    theta = task_vector.at(chosen).expand(len(prompts), -1)
+    prompts, chosen, theta = patch_inputs(lm, task_vector, queries, layer, template)
     return generate(lm, prompts, max_new_tokens, stop=stop, patch_layers=[chosen] * len(prompts),
                     patch_vectors=theta, batch_size=batch_size)  # fmt: skip

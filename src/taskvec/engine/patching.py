@@ -51,16 +51,27 @@ def apply_task_vector(
     on. Returns the greedy next token of each query, decoded and stripped.
     """
     check_compatible(lm, task_vector)
-    queries = check_queries(queries)
+    prompts, chosen, theta = patch_inputs(lm, task_vector, check_queries(queries), layer, template)
+    ids = patched_token_ids(lm, prompts, theta, [chosen] * len(prompts), batch_size)
+    return decode_predictions(lm, ids)
+
+
+def patch_inputs(
+    lm: LoadedModel,
+    task_vector: TaskVector,
+    queries: list[str],
+    layer: int | None,
+    template: PromptTemplate | None,
+) -> tuple[list[str], int, torch.Tensor]:
+    """The bare query prompts, the checked layer (default: the vector's own) and theta there, one row per
+    prompt: what patching ``task_vector`` into ``queries`` needs, for one-token and multi-token answers."""
     chosen = task_vector.layer if layer is None else layer
     if chosen is None:
         raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
     (chosen,) = check_layers(lm, [chosen])
     template = template or template_of(task_vector)
     prompts = [template.query_prompt(q) for q in queries]
-    theta = task_vector.at(chosen).expand(len(prompts), -1)
-    ids = patched_token_ids(lm, prompts, theta, [chosen] * len(prompts), batch_size)
-    return decode_predictions(lm, ids)
+    return prompts, chosen, task_vector.at(chosen).expand(len(prompts), -1)
 
 
 def patched_token_ids(

@@ -31,7 +31,7 @@ ERROR_BOUND_FACTOR = 2.0**-5
 _MIN_ROWS = 8  # below this many rows the bf16 pass does not pay for itself
 
 
-def _bf16_copy(unembedding: nn.Module) -> tuple[torch.Tensor, float] | None:
+def _bf16_copy(unembedding: nn.Module) -> tuple[torch.Tensor, float]:
     """The unembedding in bfloat16 and its largest row norm, cached on the module (rebuilt if the weight
     changes)."""
     weight = unembedding.weight
