@@ -102,6 +102,18 @@ def run_prompt_groups(
     return GroupOutputs(states=states, token_ids=token_ids, owner=torch.tensor(owner))
 
 
+def fork_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache that shares ``cache``'s key/value tensors but can be changed without touching it.
+
+    Selecting or repeating rows and appending tokens all re-bind a layer's ``keys``/``values`` to new
+    tensors (transformers' dynamic and sliding-window layers never write into them), so copying the
+    layer objects is enough: no tensor is copied until a forward or a selection makes a new one.
+    """
+    own = copy.copy(cache)
+    own.layers = [copy.copy(layer) for layer in cache.layers]
+    return own
+
+
 def _prefix_forward(lm: LoadedModel, prefixes: list[list[int]], deepest: int) -> tuple[Batch, DynamicCache]:
     """Key/value cache of the left-padded prefixes, for blocks ``0..deepest``."""
     batch = collate(lm, prefixes)
@@ -127,16 +139,17 @@ def _suffix_forward(
     """Run equal-length suffixes after their groups' prefixes: (states (R, L, H), next token ids (R,))."""
     device = lm.input_device
     width = len(suffixes[0])
-    own = copy.deepcopy(cache)
-    own.batch_select_indices(local_rows.to(device))
+    rows = local_rows.to(device)
+    own = fork_cache(cache)
+    own.batch_select_indices(rows)
     step = torch.arange(1, width + 1, device=device)
-    attention_mask = prefix.attention_mask[local_rows.to(device)]
+    attention_mask = prefix.attention_mask[rows]
     inputs = {
         "input_ids": torch.tensor(suffixes, dtype=torch.long, device=device),
         "attention_mask": torch.cat(
             [attention_mask, torch.ones(len(suffixes), width, dtype=torch.long, device=device)], 1
         ),
-        "position_ids": prefix.position_ids[local_rows.to(device), -1:] + step,
+        "position_ids": prefix.position_ids[rows, -1:] + step,
         "past_key_values": own,
         "use_cache": True,
     }

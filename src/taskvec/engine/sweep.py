@@ -8,7 +8,6 @@ each layer: each extra layer costs one token instead of a whole prompt.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from taskvec.engine.hooks import patch_last_position, skip_blocks
 from taskvec.engine.numerics import check_finite
 from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
 from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.errors import TaskvecError
@@ -97,7 +97,7 @@ def _last_token_ids(
     ``chunk``: one forward over n * k rows, prompt-major. ``fast`` skips the blocks below ``min(chunk)``
     and takes the argmax over vocabulary slices instead of building full logits."""
     n, k = len(batch), len(chunk)
-    cache = copy.deepcopy(prefix_cache)
+    cache = fork_cache(prefix_cache)
     if k > 1:
         cache.batch_repeat_interleave(k)
     step = Batch(
