@@ -8,7 +8,9 @@ time and peak RSS are its own:
 
 - ``reference``: float32, every prompt run whole (the straightforward path);
 - ``fast``: float32, the default engine (demonstration prefixes shared, cached layer sweep);
-- ``fast-bf16``: the default engine with the model in bfloat16.
+- ``fast-bf16``: the default engine with the model in bfloat16;
+- ``mixed``: the default engine with ``--dtype mixed`` (bf16 products in the blocks, float32 elsewhere,
+  close calls recomputed in float32: stage ``recheck``).
 
 Printed per mode and stage (load, prepare, dev_theta, dev_sweep, test_theta_icl, test_tv, baseline,
 write): seconds, forward passes, real tokens, padding share, block-tokens, estimated GFLOP and achieved
@@ -40,8 +42,9 @@ MODES = {
     "reference": {"dtype": "float32", "shared_prefix": False},
     "fast": {"dtype": "float32", "shared_prefix": True},
     "fast-bf16": {"dtype": "bfloat16", "shared_prefix": True},
+    "mixed": {"dtype": "mixed", "shared_prefix": True},
 }
-STAGES = ["load", "prepare", "dev_theta", "dev_sweep", "test_theta_icl", "test_tv", "baseline"]
+STAGES = ["load", "prepare", "dev_theta", "dev_sweep", "test_theta_icl", "test_tv", "baseline", "recheck"]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
@@ -121,6 +124,18 @@ def predictions(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
 
 
+def close_call_totals(run_dir: Path) -> dict[str, dict[str, int]]:
+    """Close calls rechecked and changed per method, summed over the tasks of a mixed-precision run."""
+    totals: dict[str, dict[str, int]] = {}
+    for entry in json.loads((run_dir / "results.json").read_text())["tasks"].values():
+        for method, counts in entry.get("close_calls", {}).items():
+            if isinstance(counts, dict):
+                into = totals.setdefault(method, {"rechecked": 0, "changed": 0})
+                for key in into:
+                    into[key] += counts.get(key, 0)
+    return totals
+
+
 def agreement(a: list[dict], b: list[dict]) -> tuple[int, int]:
     # The test rows of the task vector carry the best layer, which may differ between the runs.
     key = lambda r: (r["task"], r["split"], r["method"], r["set"], r["layer"] if r["split"] == "dev" else None)  # noqa: E731
@@ -145,7 +160,7 @@ def row(*cells) -> str:
 
 def print_mode(mode: str, info: dict, peaks: dict) -> None:
     dtype = MODES[mode]["dtype"]
-    peak = peaks["bfloat16" if dtype == "bfloat16" else "float32"]
+    peak = peaks["bfloat16" if dtype in ("bfloat16", "mixed") else "float32"]
     wall, rss, others = info["process_wall_seconds"], info["peak_rss_mb"], info["other_cpu_cores"]
     print(
         f"\n== {mode} ({dtype}): process wall {wall:.1f} s, peak RSS {rss:.0f} MB, other processes {others:.2f} cores"
@@ -179,7 +194,7 @@ def print_mode(mode: str, info: dict, peaks: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--modes", default="reference,fast,fast-bf16")
+    parser.add_argument("--modes", default="reference,fast,fast-bf16,mixed")
     parser.add_argument("--tasks", nargs="+", default=["paper"])
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
@@ -222,6 +237,15 @@ def main() -> int:
         same, total = agreement(runs["fast"], runs["fast-bf16"])
         figures["bf16_vs_fp32"] = [same, total]
         print(f"fast-bf16 vs fast (float32): {same}/{total} predictions identical ({100 * same / total:.2f}%)")
+    if "fast" in runs and "mixed" in runs:
+        same, total = agreement(runs["fast"], runs["mixed"])
+        figures["mixed_vs_fp32"] = [same, total]
+        print(f"mixed vs fast (float32): {same}/{total} predictions identical ({100 * same / total:.2f}%)")
+    if "mixed" in runs:
+        checked = close_call_totals(root / "mixed")
+        figures["mixed_close_calls"] = checked
+        print("mixed: close calls recomputed in float32 / changed by it: "
+              + ", ".join(f"{k} {v['rechecked']}/{v['changed']}" for k, v in checked.items()))  # fmt: skip
     if "reference" in figures["modes"] and "fast" in figures["modes"]:
         ref, fast = figures["modes"]["reference"], figures["modes"]["fast"]
         print(f"speed-up of the whole run: {ref['process_wall_seconds'] / fast['process_wall_seconds']:.2f}x "

@@ -247,12 +247,12 @@ def test_cached_sweep_equals_full_forward_at_every_layer(lm_any_attn, fast):
     batch = collate(lm, encode(lm, PROMPTS))
     with torch.no_grad():  # as in sweep_token_ids
         cache, arity = sweep_module._prefix_cache(lm, batch)
-        ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)  # (N, L), one forward
+        ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)[0]  # (N, L), one forward
         for layer in layers:
             full = full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS))
             assert_argmax_matches(ids[:, layer], full)
         # The prefix cache is reused, never consumed: a second pass over it gives the same ids.
-        again = sweep_module._last_token_ids(lm, batch, cache, vectors, layers[1:], arity, fast)
+        again = sweep_module._last_token_ids(lm, batch, cache, vectors, layers[1:], arity, fast)[0]
     assert torch.equal(again, ids[:, 1:])
     assert ids.unique().numel() >= 2
 
@@ -341,9 +341,9 @@ def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
     rows_per_forward: list[int] = []
     real_argmax = sweep_module.argmax_over_vocab
 
-    def counting_argmax(unembedding, hidden, *args):
+    def counting_argmax(unembedding, hidden, *args, **kwargs):
         rows_per_forward.append(hidden.shape[0])
-        return real_argmax(unembedding, hidden, *args)
+        return real_argmax(unembedding, hidden, *args, **kwargs)
 
     vectors = donor_states(lm)
     layers = list(range(lm.num_layers))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskvec.engine.sweep import argmax_over_vocab
-from taskvec.engine.vocab_argmax import exact_argmax_with_shortlist, shortlist_applies
+from taskvec.engine.vocab_argmax import MARGIN_RESOLUTION, exact_argmax_with_shortlist, shortlist_applies
 
 
 def plain_scan(weight: torch.Tensor, hidden: torch.Tensor, slice_rows: int) -> torch.Tensor:
@@ -31,7 +31,7 @@ def test_equals_the_plain_scan(seed, slice_rows):
     unembedding.weight.data[2900:] = unembedding.weight.data[100:200]  # exact ties across slices: first index wins
     hidden = torch.randn(40, 96, generator=generator) * (1 + 3 * seed)
     hidden[:5] = unembedding.weight.data[100:105] * 2  # rows whose best logit is tied with a later duplicate
-    value, index = exact_argmax_with_shortlist(unembedding, hidden, slice_rows)
+    value, index, margin = exact_argmax_with_shortlist(unembedding, hidden, slice_rows)
     expected = plain_scan(unembedding.weight.data, hidden, slice_rows)
 
     # Tokens 2900..2999 duplicate 100..199: a tie between copies may go either way (float32 rounding decides),
@@ -44,13 +44,43 @@ def test_equals_the_plain_scan(seed, slice_rows):
     full = F.linear(hidden, unembedding.weight.data)
     torch.testing.assert_close(value, full.gather(1, index[:, None])[:, 0])
     torch.testing.assert_close(value, full.max(dim=1).values)
+    # The margin is a lower bound of the gap to the runner-up, and exact where the runner-up was computed.
+    top2 = full.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    rounding = 1e-5 * top2[:, 0].abs() + 1e-4  # products of different row subsets differ in the last bits
+    assert bool((margin <= gap + rounding).all())
+    assert bool((margin[:5].abs() <= rounding[:5]).all())  # the tied duplicates: no gap
+
+
+@pytest.mark.parametrize("rows", [3, 40])
+def test_margins_of_argmax_over_vocab(rows):
+    generator = torch.Generator().manual_seed(7)
+    unembedding = nn.Linear(64, 2000, bias=False)
+    unembedding.weight.data = torch.randn(2000, 64, generator=generator)
+    hidden = torch.randn(rows, 64, generator=generator) * 4
+    hidden[-2:] = unembedding.weight.data[5] * 0.5 + unembedding.weight.data[9] * 0.5  # near-ties
+    ids, margin = argmax_over_vocab(unembedding, hidden, 256, with_margin=True)
+    full = F.linear(hidden, unembedding.weight.data)
+    assert torch.equal(ids, full.argmax(dim=1))
+    top2 = full.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    assert bool((margin <= gap + 1e-4).all())
+    assert bool((margin >= 0).all())
+    if rows < 8:
+        with_bias = nn.Linear(64, 2000, bias=True)  # the plain scan: exact margins
+        with_bias.weight.data, with_bias.bias.data = unembedding.weight.data, torch.zeros(2000)
+        torch.testing.assert_close(argmax_over_vocab(with_bias, hidden, 256, with_margin=True)[1], gap)
+    close = gap < MARGIN_RESOLUTION  # close calls get their exact gap on the shortlist path too
+    torch.testing.assert_close(margin[close], gap[close], atol=1e-4, rtol=1e-5)
+    assert bool((margin[~close] >= MARGIN_RESOLUTION - 1e-4).all())
 
 
 def test_used_by_argmax_over_vocab_only_where_it_applies():
     unembedding = nn.Linear(32, 700, bias=False)
     hidden = torch.randn(16, 32)
     assert shortlist_applies(unembedding, hidden)
-    assert not shortlist_applies(unembedding, hidden[:2])  # too few rows to pay off
+    assert shortlist_applies(unembedding, hidden[:1])  # it halves the memory read even for one row
+    assert not shortlist_applies(nn.Linear(32, 700, bias=True), hidden)
     assert not shortlist_applies(unembedding.to(torch.bfloat16), hidden)
     assert torch.equal(argmax_over_vocab(unembedding.float(), hidden, 128), plain_scan(unembedding.weight, hidden, 128))
 

@@ -13,6 +13,7 @@ from taskvec.commands._common import (
     add_model_argument,
     require_positive,
 )
+from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin
 from taskvec.errors import TaskvecError
 
 NAME = "run"
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries averaged per task vector")
     parser.add_argument("--seed", type=int, default=41)
     add_dtype_argument(parser)
+    parser.add_argument(
+        "--recheck-margin", type=float, default=DEFAULT_RECHECK_MARGIN,
+        help="with --dtype mixed: predictions whose two best logits are closer than this are recomputed in float32 "
+             f"(default {DEFAULT_RECHECK_MARGIN}; 0 turns rechecking off)",
+    )  # fmt: skip
     add_device_argument(parser)
     add_batch_size_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/<model>)")
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
     from taskvec.tasks.registry import resolve_task_names
 
     require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy")
+    recheck_margin = check_recheck_margin(args.recheck_margin)
     batch_size, device = parse_batch_size(args.batch_size), check_device(args.device)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     names = args.tasks if args.tasks is not None else ([] if args.task_file else ["paper"])
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
         out = base / Path(model).name if (len(models) > 1 or not args.out) else base
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
-                            seed=args.seed, dtype=args.dtype, batch_size=batch_size)  # fmt: skip
+                            seed=args.seed, dtype=args.dtype, batch_size=batch_size,
+                            recheck_margin=recheck_margin)  # fmt: skip
         bars = []  # created at the first task, so that errors before it print alone
 
         def progress(task: str, done: int, total: int, bars=bars, model=model) -> None:

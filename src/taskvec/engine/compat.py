@@ -26,7 +26,7 @@ def model_metadata(lm: LoadedModel) -> dict:
         "model_class": type(lm.model).__name__,
         "architecture": architecture(lm),
         "prefix_ids": list(lm.adapter.prefix_ids),
-        "model_dtype": str(lm.dtype).removeprefix("torch."),
+        "model_dtype": lm.precision,
         "taskvec_version": __version__,
     }
 

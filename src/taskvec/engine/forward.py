@@ -16,7 +16,7 @@ from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
 from taskvec.engine.numerics import check_finite
-from taskvec.engine.vocab_argmax import argmax_over_vocab
+from taskvec.engine.vocab_argmax import argmax_over_vocab, top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -99,31 +99,47 @@ def predict_token_ids(
     patch_layers: Sequence[int] | None = None,
     patch_vectors: torch.Tensor | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
-    """Greedy next token of each prompt (LongTensor, N), optionally patching row i at ``patch_layers[i]``."""
+    with_margins: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Greedy next token of each prompt (LongTensor, N), optionally patching row i at ``patch_layers[i]``.
+
+    With ``with_margins`` also each prediction's margin (N,): best minus second-best logit (a lower bound).
+    """
     rows = encode(lm, prompts)
     result = torch.empty(len(rows), dtype=torch.long)
+    margins = torch.empty(len(rows))
     for group in length_sorted_chunks(rows, batch_size):
         batch = collate(lm, [rows[i] for i in group])
         patches = {}
         if patch_layers is not None and patch_vectors is not None:
             patches = patches_for_rows([patch_layers[i] for i in group], patch_vectors[group])
         with patch_last_position(lm.adapter.layers, patches):
-            result[group] = next_token_ids(lm, batch)
-    return result
+            if with_margins:
+                result[group], margins[group] = next_token_ids(lm, batch, with_margins=True)
+            else:
+                result[group] = next_token_ids(lm, batch)
+    return (result, margins) if with_margins else result
 
 
 @torch.no_grad()
-def next_token_ids(lm: LoadedModel, batch: Batch) -> torch.Tensor:
-    """Greedy next token of each row (N,). Once the sweep has verified for this model that the argmax of
-    the unembedding of the final hidden state gives its predictions (``fast_sweep_verified``), that path
-    is used (no full float32 logits); otherwise the model's own logits."""
+def next_token_ids(
+    lm: LoadedModel, batch: Batch, *, with_margins: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Greedy next token of each row (N,), and with ``with_margins`` its margin over the runner-up.
+
+    Once the sweep has verified for this model that the argmax of the unembedding of the final hidden
+    state gives its predictions (``fast_sweep_verified``), that path is used (no full float32 logits);
+    otherwise the model's own logits."""
     if not lm.adapter.fast_sweep_verified:
-        return next_token_logits(lm, batch).argmax(dim=-1)
-    out = lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-    hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
-    record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
-    return argmax_over_vocab(lm.adapter.unembedding, hidden)
+        logits = next_token_logits(lm, batch)
+        ids, margins = logits.argmax(dim=-1), top_two_gap(logits)
+    else:
+        out = lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
+        hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
+        record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
+        found = argmax_over_vocab(lm.adapter.unembedding, hidden, with_margin=with_margins)
+        ids, margins = found if with_margins else (found, None)
+    return (ids, margins) if with_margins else ids
 
 
 def decode_prediction(lm: LoadedModel, token_id: int) -> str:

@@ -80,7 +80,10 @@ def patched_token_ids(
     vectors: torch.Tensor,
     layers: Sequence[int],
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
+    with_margins: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy next token of prompt i with ``vectors[i]`` patched at block ``layers[i]`` (full forward)."""
     check_layers(lm, layers)
-    return predict_token_ids(lm, prompts, patch_layers=list(layers), patch_vectors=vectors, batch_size=batch_size)
+    return predict_token_ids(
+        lm, prompts, patch_layers=list(layers), patch_vectors=vectors, batch_size=batch_size, with_margins=with_margins
+    )

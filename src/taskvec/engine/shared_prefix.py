@@ -23,6 +23,7 @@ from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.hooks import StopForward, capture_last_position
 from taskvec.engine.numerics import check_finite
+from taskvec.engine.vocab_argmax import top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -33,6 +34,7 @@ class GroupOutputs:
 
     states: torch.Tensor  # (N, len(layers), H) float32 on the CPU; empty when no layers were asked
     token_ids: torch.Tensor  # (N,) long; -1 for prompts that were not asked to predict
+    margins: torch.Tensor  # (N,) best minus second-best logit of the predictions; nan where none
     owner: torch.Tensor  # (N,) the group of each prompt
 
 
@@ -79,6 +81,7 @@ def run_prompt_groups(
     hidden = lm.model.config.get_text_config().hidden_size
     states = torch.zeros(len(rows), len(layers), hidden)
     token_ids = torch.full((len(rows),), -1, dtype=torch.long)
+    margins = torch.full((len(rows),), torch.nan)
     order = sorted(range(len(groups)), key=lambda g: prefix_len[g])
     for part in chunks(len(order), batch_size):
         chunk = order[part]
@@ -94,12 +97,12 @@ def run_prompt_groups(
             local_rows = torch.tensor([local for local, _ in items])
             index = [i for _, i in items]
             suffixes = [rows[i][prefix_len[owner[i]] :] for i in index]
-            got, ids = _suffix_forward(lm, prefix_batch, cache, local_rows, suffixes, layers, predicts)
+            got, ids, gaps = _suffix_forward(lm, prefix_batch, cache, local_rows, suffixes, layers, predicts)
             if layers:
                 states[index] = got
             if predicts:
-                token_ids[index] = ids
-    return GroupOutputs(states=states, token_ids=token_ids, owner=torch.tensor(owner))
+                token_ids[index], margins[index] = ids, gaps
+    return GroupOutputs(states=states, token_ids=token_ids, margins=margins, owner=torch.tensor(owner))
 
 
 def fork_cache(cache: DynamicCache) -> DynamicCache:
@@ -135,8 +138,9 @@ def _suffix_forward(
     suffixes: list[list[int]],
     layers: list[int],
     predicts: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Run equal-length suffixes after their groups' prefixes: (states (R, L, H), next token ids (R,))."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Run equal-length suffixes after their groups' prefixes: (states (R, L, H), next token ids (R,),
+    their margins (R,))."""
     device = lm.input_device
     width = len(suffixes[0])
     rows = local_rows.to(device)
@@ -154,13 +158,13 @@ def _suffix_forward(
         "use_cache": True,
     }
     store: dict[int, torch.Tensor] = {}
-    ids = None
+    ids = gaps = None
     if predicts:
         with capture_last_position(lm.adapter.layers, layers, store) if layers else contextlib.nullcontext():
             if lm.adapter.accepts_logits_to_keep:
                 inputs["logits_to_keep"] = 1
             logits = check_finite(lm.model(**inputs).logits[:, -1, :].float(), "next-token logits", lm.dtype)
-            ids = logits.argmax(dim=-1).cpu()
+            ids, gaps = logits.argmax(dim=-1).cpu(), top_two_gap(logits).cpu()
         blocks = lm.num_layers
     else:
         blocks = max(layers) + 1
@@ -176,4 +180,4 @@ def _suffix_forward(
         got = check_finite(
             torch.stack([store[layer].float().cpu() for layer in layers], dim=1), "hidden states", lm.dtype
         )
-    return got, ids
+    return got, ids, gaps

@@ -23,7 +23,7 @@ from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
-from taskvec.engine.vocab_argmax import argmax_over_vocab
+from taskvec.engine.vocab_argmax import argmax_over_vocab, top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -39,10 +39,12 @@ def sweep_token_ids(
     vectors: torch.Tensor,
     layers: Sequence[int] | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
-) -> torch.Tensor:
+    with_margins: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy next token of prompt i with ``vectors[i, l]`` patched at block l, for each l in ``layers``.
 
-    ``vectors`` is (N, num_layers, H). Returns (len(layers), N). Prompts are processed in groups of up to
+    ``vectors`` is (N, num_layers, H). Returns (len(layers), N), and with ``with_margins`` also each
+    prediction's gap between the best and second-best logit (same shape). Prompts are processed in groups of up to
     ``max_rows``; within a group the key/value cache of all tokens but the last is computed once. Then the
     last token runs for several (prompt, layer) rows per forward, adjacent layers together, so that the
     blocks below the chunk's lowest layer can be skipped (their output there is replaced by the patch).
@@ -52,6 +54,7 @@ def sweep_token_ids(
     if min(len(r) for r in rows) < 2:
         raise TaskvecError("every prompt needs at least two tokens for the cached sweep")
     out = torch.empty(len(layers), len(rows), dtype=torch.long)
+    margins = torch.empty(len(layers), len(rows))
     group_size = min(len(rows), max_rows)  # prompts sharing one prefix forward
     per_forward = max(1, max_rows // group_size)  # layers per last-token forward
     by_depth = sorted(range(len(layers)), key=lambda j: layers[j])
@@ -62,9 +65,11 @@ def sweep_token_ids(
         for part in chunks(len(by_depth), per_forward):
             picked = by_depth[part]
             chunk = [layers[j] for j in picked]
-            ids = _last_token_ids(lm, batch, prefix_cache, vectors[group], chunk, arity, fast)  # (n, k)
-            out[picked, group] = ids.T
-    return out
+            ids, gaps = _last_token_ids(lm, batch, prefix_cache, vectors[group], chunk, arity, fast, with_margins)
+            out[picked, group] = ids.T  # ids, gaps: (n, k)
+            if with_margins:
+                margins[picked, group] = gaps.T
+    return (out, margins) if with_margins else out
 
 
 def _prefix_cache(lm: LoadedModel, batch: Batch):
@@ -91,11 +96,19 @@ def _prefix_cache(lm: LoadedModel, batch: Batch):
 
 
 def _last_token_ids(
-    lm: LoadedModel, batch: Batch, prefix_cache, vectors: torch.Tensor, chunk: list[int], arity, fast: bool
-) -> torch.Tensor:
+    lm: LoadedModel,
+    batch: Batch,
+    prefix_cache,
+    vectors: torch.Tensor,
+    chunk: list[int],
+    arity,
+    fast: bool,
+    with_margins: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token (n, k) of each prompt's last token with ``vectors[:, l]`` patched at each block l of
     ``chunk``: one forward over n * k rows, prompt-major. ``fast`` skips the blocks below ``min(chunk)``
-    and takes the argmax over vocabulary slices instead of building full logits."""
+    and takes the argmax over vocabulary slices instead of building full logits. Also returns the
+    predictions' margins (n, k) when asked for, else None."""
     n, k = len(batch), len(chunk)
     cache = fork_cache(prefix_cache)
     if k > 1:
@@ -111,11 +124,13 @@ def _last_token_ids(
         if fast:
             out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
             hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
-            ids = argmax_over_vocab(lm.adapter.unembedding, hidden)
+            found = argmax_over_vocab(lm.adapter.unembedding, hidden, with_margin=with_margins)
+            ids, gaps = found if with_margins else (found, None)
             record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - 1 - min(chunk), logit_rows=n * k)
         else:
-            ids = next_token_logits(lm, step, past_key_values=cache).argmax(dim=-1)
-    return ids.view(n, k)
+            logits = next_token_logits(lm, step, past_key_values=cache)
+            ids, gaps = logits.argmax(dim=-1), top_two_gap(logits) if with_margins else None
+    return ids.view(n, k), None if gaps is None else gaps.view(n, k)
 
 
 def _fast_path_verified(lm: LoadedModel, batch: Batch, prefix_cache, arity, vectors: torch.Tensor) -> bool:
@@ -128,8 +143,8 @@ def _fast_path_verified(lm: LoadedModel, batch: Batch, prefix_cache, arity, vect
     """
     if lm.adapter.fast_sweep_verified is None:
         chunk = [max(0, lm.num_layers - 2)]
-        exact = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=False)
-        fast = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=True)
+        exact = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=False)[0]
+        fast = _last_token_ids(lm, batch, prefix_cache, vectors, chunk, arity, fast=True)[0]
         lm.adapter.fast_sweep_verified = bool(torch.equal(exact, fast))
         if not lm.adapter.fast_sweep_verified:
             logger.warning("the sweep's fast path changes this model's predictions: using full forwards")

@@ -7,9 +7,11 @@ is found in two steps:
    gives approximate logits; their maximum per vocabulary slice is kept;
 2. exact float32 logits are computed, per row, only for the vocabulary slices that can still hold that
    row's maximum: a slice is skipped when its approximate maximum plus an error bound is below an exact
-   logit already found for the row. The bound is ``|h| * max_v |w_v| * 2**-5``: bf16 keeps 8 significant bits, so
-   rounding ``h`` and ``w_v`` and the result moves ``h . w_v`` by at most about ``3 * 2**-8 * sum_i
-   |h_i w_vi| <= 3 * 2**-8 * |h| |w_v|`` (Cauchy-Schwarz); ``2**-5`` leaves a margin of 2.7 over that.
+   logit already found for the row. bf16 keeps 8 significant bits (unit roundoff u = 2**-8), so rounding
+   ``h`` and ``w_v`` moves ``h . w_v`` by at most ``(2u + u**2) sum_i |h_i w_vi|``, float32 accumulation over
+   H terms adds at most ``H * 2**-24`` of the same sum, and rounding the result to bf16 ``u |result|``. Per
+   slice, ``sum_i |h_i w_vi| <= sum_i |h_i| max_{v in slice} |w_vi|`` (one small product per row), and the
+   bound used is ``2.5u`` (resp. ``H * 2**-23``, ``1.01u``) of these: larger than the worst case.
 
 The result is the float32 argmax (first index on ties). One caveat, as for any change of batch shape:
 the float32 product of a subset of rows can differ from the full product in the last bit, so two tokens
@@ -27,20 +29,20 @@ from taskvec.engine.numerics import check_finite
 from taskvec.models.devices import weights_offloaded
 
 VOCAB_SLICE = 4096
-ERROR_BOUND_FACTOR = 2.0**-5
-_MIN_ROWS = 8  # below this many rows the bf16 pass does not pay for itself
+_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+MARGIN_RESOLUTION = 0.5  # with margins asked for, gaps below this many logits are exact (others: lower bounds)
 
 
-def _bf16_copy(unembedding: nn.Module) -> tuple[torch.Tensor, float]:
-    """The unembedding in bfloat16 and its largest row norm, cached on the module (rebuilt if the weight
-    changes)."""
+def _bf16_copy(unembedding: nn.Module, slice_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unembedding in bfloat16 and, per vocabulary slice, the largest magnitude of each coordinate
+    (n_slices, H); cached on the module (rebuilt if the weight changes)."""
     weight = unembedding.weight
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), slice_rows)
     cached = getattr(unembedding, "_taskvec_bf16", None)
     if cached is None or cached[0] != key:
         copy = weight.detach().to(torch.bfloat16)
-        max_norm = float(weight.detach().norm(dim=1).max())
-        cached = (key, copy, max_norm)
+        col_max = torch.stack([w.abs().amax(dim=0) for w in weight.detach().split(slice_rows)])
+        cached = (key, copy, col_max)
         unembedding._taskvec_bf16 = cached  # a plain attribute: not a parameter or buffer
     return cached[1], cached[2]
 
@@ -51,17 +53,50 @@ def shortlist_applies(unembedding: nn.Module, hidden: torch.Tensor) -> bool:
         weight.dtype == torch.float32
         and weight.device.type == "cpu"
         and getattr(unembedding, "bias", None) is None
-        and hidden.shape[0] >= _MIN_ROWS
+        and hidden.shape[0] > 0
     )
+
+
+def top_two_gap(logits: torch.Tensor) -> torch.Tensor:
+    """Best minus second-best value of each row (0 on a tie)."""
+    values = logits.topk(min(2, logits.shape[-1]), dim=-1).values
+    return values[:, 0] - values[:, -1]
+
+
+class _TopTwo:
+    """Per row: the best logit and its index (first index on ties) and the runner-up logit."""
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.value = torch.full((n,), -torch.inf, device=device)
+        self.index = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+        self.second = torch.full((n,), -torch.inf, device=device)
+
+    def merge(self, rows: torch.Tensor | slice, logits: torch.Tensor, start: int) -> None:
+        """Merge the logits (r, k) of vocabulary ``start..start+k`` into rows ``rows``."""
+        logits = logits.float()
+        value, index = logits.max(dim=-1)  # the first index on ties
+        second = value - top_two_gap(logits)
+        index = index + start
+        old_value, old_index, old_second = (t[rows].clone() for t in (self.value, self.index, self.second))
+        better = (value > old_value) | ((value == old_value) & (index < old_index))
+        self.value[rows] = torch.where(better, value, old_value)
+        self.index[rows] = torch.where(better, index, old_index)
+        # The runner-up: the larger of the loser's best and both seconds.
+        self.second[rows] = torch.maximum(torch.where(better, old_value, value), torch.maximum(second, old_second))
+
+    def margin(self) -> torch.Tensor:
+        return self.value - self.second
 
 
 @torch.no_grad()
 def exact_argmax_with_shortlist(
-    unembedding: nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(best logit, index) per row of the float32 ``unembedding(hidden)``, skipping slices that cannot win."""
+    unembedding: nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE, resolution: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(best logit, index, margin) per row of the float32 ``unembedding(hidden)``, skipping slices that
+    cannot win. ``margin`` is a lower bound of the gap between the best and the second-best logit; it is
+    the gap itself when that is below ``resolution`` (slices that could hold such a runner-up are opened)."""
     weight = unembedding.weight
-    w16, max_norm = _bf16_copy(unembedding)
+    w16, col_max = _bf16_copy(unembedding, slice_rows)
     n, vocab = hidden.shape[0], weight.shape[0]
     n_slices = -(-vocab // slice_rows)
     h16 = hidden.to(torch.bfloat16)
@@ -69,55 +104,63 @@ def exact_argmax_with_shortlist(
     for s in range(n_slices):
         start = s * slice_rows
         approx_max[:, s] = F.linear(h16, w16[start : start + slice_rows]).float().amax(dim=-1)
-    bound = hidden.norm(dim=1) * max_norm * ERROR_BOUND_FACTOR + 1e-3  # (n,)
-    best_value = torch.full((n,), -torch.inf)
-    best_index = torch.zeros(n, dtype=torch.long)
+    # |approx - exact| <= (2u + u^2) sum_i |h_i w_vi| (rounding h and w) + fp32 accumulation
+    # + u |approx| (rounding the result); sum_i |h_i w_vi| <= sum_i |h_i| max_{v in slice} |w_vi|.
+    abs_products = hidden.abs() @ col_max.T  # (n, n_slices)
+    bound = abs_products * (2.5 * _U + hidden.shape[1] * 2.0**-23) + approx_max.abs() * (1.01 * _U) + 1e-6
+    upper = approx_max + bound  # no logit of the slice exceeds this
+    top = _TopTwo(n)
     done = torch.zeros(n, n_slices, dtype=torch.bool)
 
     def exact(s: int, rows: torch.Tensor) -> None:
         start = s * slice_rows
-        value, index = F.linear(hidden[rows], weight[start : start + slice_rows]).float().max(dim=-1)
-        index = index + start
-        old_value, old_index = best_value[rows], best_index[rows]
-        better = (value > old_value) | ((value == old_value) & (index < old_index))  # first index on ties
-        best_value[rows] = torch.where(better, value, old_value)
-        best_index[rows] = torch.where(better, index, old_index)
+        top.merge(rows, F.linear(hidden[rows], weight[start : start + slice_rows]), start)
         done[rows, s] = True
 
     # Each row's most promising slice first, then every slice that can still beat the row's best exact logit.
-    top = approx_max.argmax(dim=1)
-    for s in top.unique().tolist():
-        exact(s, (top == s).nonzero()[:, 0])
+    first = approx_max.argmax(dim=1)
+    for s in first.unique().tolist():
+        exact(s, (first == s).nonzero()[:, 0])
     while True:
-        open_ = (~done) & (approx_max + bound[:, None] >= best_value[:, None])
+        open_ = (~done) & (upper >= top.value[:, None] - resolution)
         if not open_.any():
             break
         for s in open_.any(dim=0).nonzero()[:, 0].tolist():
             exact(s, open_[:, s].nonzero()[:, 0])
-    return best_value, best_index
+    unopened = upper.masked_fill(done, -torch.inf).amax(dim=1)
+    margin = top.value - torch.maximum(top.second, unopened)
+    return top.value, top.index, margin
 
 
 def argmax_over_vocab(
-    unembedding: torch.nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE
-) -> torch.Tensor:
-    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time."""
+    unembedding: torch.nn.Module,
+    hidden: torch.Tensor,
+    slice_rows: int = VOCAB_SLICE,
+    *,
+    with_margin: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time.
+
+    With ``with_margin`` also the gap between the best and the second-best logit of each row: how close
+    the call was (exact below ``MARGIN_RESOLUTION``, a lower bound above it).
+    """
     if weights_offloaded(unembedding):  # accelerate brings the weights in for a forward call only
-        return unembedding(hidden).float().argmax(dim=-1).cpu()
+        logits = unembedding(hidden).float()
+        ids = logits.argmax(dim=-1).cpu()
+        return (ids, top_two_gap(logits).cpu()) if with_margin else ids
     weight = unembedding.weight
     bias = getattr(unembedding, "bias", None)
     hidden = hidden.to(device=weight.device, dtype=weight.dtype)
     if shortlist_applies(unembedding, hidden):  # float32 on the CPU: skip the slices that cannot win
-        value, index = exact_argmax_with_shortlist(unembedding, hidden, slice_rows)
+        resolution = MARGIN_RESOLUTION if with_margin else 0.0
+        value, index, margin = exact_argmax_with_shortlist(unembedding, hidden, slice_rows, resolution)
         check_finite(value, "top logits", weight.dtype)
-        return index
-    best_value = torch.full((hidden.shape[0],), -torch.inf, device=weight.device)
-    best_index = torch.zeros(hidden.shape[0], dtype=torch.long, device=weight.device)
+        return (index, margin) if with_margin else index
+    top = _TopTwo(hidden.shape[0], device=weight.device)
+    everything = slice(None)
     for start in range(0, weight.shape[0], slice_rows):
         stop = start + slice_rows
-        logits = F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
-        value, index = logits.float().max(dim=-1)
-        better = value > best_value  # strict: an earlier slice keeps ties
-        best_value = torch.where(better, value, best_value)
-        best_index = torch.where(better, index + start, best_index)
-    check_finite(best_value, "top logits", weight.dtype)
-    return best_index.cpu()
+        top.merge(everything, F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop]), start)
+    check_finite(top.value, "top logits", weight.dtype)
+    ids = top.index.cpu()
+    return (ids, top.margin().cpu()) if with_margin else ids

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from taskvec.engine.accounting import stage
+from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, recheck_patched, recheck_plain
 from taskvec.engine.extraction import group_means, mean_states
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
@@ -16,6 +17,7 @@ from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
+from taskvec.models.precision import MIXED
 from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair
@@ -40,11 +42,14 @@ class MainConfig:
     seed: int = 41
     dtype: str = "float32"
     batch_size: int | str = 32  # or "auto" (the runner halves it on out-of-memory errors)
+    recheck_margin: float = DEFAULT_RECHECK_MARGIN  # dtype "mixed" only: test close calls redone in float32
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"], d["task_files"] = list(self.tasks), list(self.task_files)
+        if self.dtype != MIXED:
+            del d["recheck_margin"]  # meaningless without mixed precision
         return d
 
 
@@ -53,12 +58,17 @@ def task_rng(seed: int, task_name: str) -> random.Random:
     return random.Random(f"{seed}:{task_name}")
 
 
-def _rows(task: str, split: str, method: str, layer, prompts, sets_or_pairs, predictions, correct) -> list[dict]:
+def _rows(
+    task: str, split: str, method: str, layer, prompts, sets_or_pairs, predictions, correct, rechecked=None
+) -> list[dict]:
+    """Per-example rows; ``rechecked`` (mixed precision) marks close calls recomputed in float32."""
     rows = []
     for i, (prompt, item, pred, ok) in enumerate(zip(prompts, sets_or_pairs, predictions, correct)):
         pair = item.query if isinstance(item, EvalSet) else item
         rows.append({"task": task, "split": split, "method": method, "set": i, "layer": layer, "prompt": prompt,
                      "query": pair.input, "gold": pair.output, "prediction": pred, "correct": ok})  # fmt: skip
+        if rechecked is not None:
+            rows[-1]["rechecked"] = bool(rechecked[i])
     return rows
 
 
@@ -79,7 +89,10 @@ def dev_sweep(
     lm: LoadedModel, prepared: PreparedTask, dev: list[EvalSet], batch_size: int, shared_prefix: bool = True
 ) -> tuple[list[float], list[list[str]], list[list[bool]]]:
     """Each dev set's theta patched into its bare query at every layer: accuracy, predictions and
-    correctness per layer (the cached sweep). Work goes to the stages dev_theta and dev_sweep."""
+    correctness per layer (the cached sweep). Work goes to the stages dev_theta and dev_sweep.
+
+    With mixed precision the sweep's close calls are not rechecked: it only chooses the layer, and a
+    float32 theta for most dev sets would cost most of what mixed precision saves."""
     template = prepared.template
     prompts = [template.query_prompt(s.query.input) for s in dev]
     with stage("dev_theta"):
@@ -96,6 +109,15 @@ def dev_sweep(
     return accuracy, predictions, correct
 
 
+def _theta_fn(lm: LoadedModel, template: PromptTemplate, sets: list[EvalSet], batch_size: int, shared: bool):
+    """theta of some of ``sets`` at some layers, for :func:`recheck_patched`."""
+
+    def theta(which: list[int], layers: list[int]) -> torch.Tensor:
+        return set_vectors(lm, template, [sets[i] for i in which], layers, batch_size, shared)
+
+    return theta
+
+
 def best_layer(accuracy_by_layer: list[float]) -> int:
     """The layer with the top accuracy, the first one on ties."""
     return max(range(len(accuracy_by_layer)), key=lambda layer: (accuracy_by_layer[layer], -layer))
@@ -103,19 +125,20 @@ def best_layer(accuracy_by_layer: list[float]) -> int:
 
 def _test_theta_and_icl(
     lm: LoadedModel, template: PromptTemplate, test: list[EvalSet], layer: int, batch_size: int, shared: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """theta of each test set at ``layer`` (mean over its dummy prompts) and the ICL prediction of its query."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """theta of each test set at ``layer`` (mean over its dummy prompts), the ICL prediction of its query
+    and that prediction's margin."""
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     if not shared:
         vectors = set_vectors(lm, template, test, [layer], batch_size, shared_prefix=False)[:, 0, :]
-        return vectors, predict_token_ids(lm, icl_prompts, batch_size=batch_size)
+        return vectors, *predict_token_ids(lm, icl_prompts, batch_size=batch_size, with_margins=True)
     dummies = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in test]
     groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
     flags = [[False] * len(d) + [True] for d in dummies]
     out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=batch_size)
     is_query = torch.tensor([f for fs in flags for f in fs])
     vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
-    return vectors, out.token_ids[is_query]
+    return vectors, out.token_ids[is_query], out.margins[is_query]
 
 
 def evaluate_task(
@@ -126,7 +149,9 @@ def evaluate_task(
     With ``shared_prefix`` (the default) the prompts of a set that share its demonstrations (dummy-query
     prompts and the ICL prompt) run the demonstrations once; ``shared_prefix=False`` is the
     straightforward path (every prompt whole), kept as the reference the fast path is checked against.
-    Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl, test_tv and baseline.
+    Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl, test_tv, baseline and (mixed
+    precision: close calls of the test predictions recomputed in float32, :mod:`taskvec.engine.close_calls`)
+    recheck.
     """
     started = time.perf_counter()
     task, template, name = prepared.task, prepared.template, prepared.name
@@ -139,9 +164,11 @@ def evaluate_task(
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
     rows: list[dict] = []
+    margin = config.recheck_margin if lm.precision == MIXED else None
+    bs = config.batch_size
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
-    dev_accuracy, dev_preds, dev_ok = dev_sweep(lm, prepared, dev, config.batch_size, shared_prefix)
+    dev_accuracy, dev_preds, dev_ok = dev_sweep(lm, prepared, dev, bs, shared_prefix)
     for layer, (preds, ok) in enumerate(zip(dev_preds, dev_ok)):
         rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
     best = best_layer(dev_accuracy)
@@ -151,18 +178,30 @@ def evaluate_task(
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
-        vectors, icl_ids = _test_theta_and_icl(lm, template, test, best, config.batch_size, shared_prefix)
+        vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix)
     with stage("test_tv"):
-        tv_ids = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), config.batch_size)
+        tv_ids, tv_margins = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs, with_margins=True)
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
     with stage("baseline"):
-        bl_ids = predict_token_ids(lm, bl_prompts, batch_size=config.batch_size)
+        bl_ids, bl_margins = predict_token_ids(lm, bl_prompts, batch_size=bs, with_margins=True)
+    rechecked = {}
+    if margin is not None:
+        with stage("recheck"):
+            theta = _theta_fn(lm, template, test, bs, shared_prefix)
+            rechecked["hypothesis"] = recheck_patched(
+                lm, test_prompts, tv_ids[None], tv_margins[None], [best], theta, margin, bs
+            )
+            plain = [(icl_prompts, icl_ids, icl_margins), (bl_prompts, bl_ids, bl_margins)]
+            rechecked["regular"], rechecked["baseline"] = recheck_plain(lm, plain, margin, bs)
     tv_preds, icl_preds, bl_preds = (decode_predictions(lm, ids) for ids in (tv_ids, icl_ids, bl_ids))
 
+    def again(method: str):
+        return rechecked[method].mask.reshape(-1) if method in rechecked else None
+
     tv_ok, icl_ok, bl_ok = score(tv_preds, test_pairs), score(icl_preds, test_pairs), score(bl_preds, baseline_pairs)
-    rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok)
-    rows += _rows(name, "test", "regular", None, icl_prompts, test, icl_preds, icl_ok)
-    rows += _rows(name, "test", "baseline", None, bl_prompts, baseline_pairs, bl_preds, bl_ok)
+    rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok, again("hypothesis"))
+    rows += _rows(name, "test", "regular", None, icl_prompts, test, icl_preds, icl_ok, again("regular"))
+    rows += _rows(name, "test", "baseline", None, bl_prompts, baseline_pairs, bl_preds, bl_ok, again("baseline"))
     result = {
         "category": task.category,
         "description": task.description,
@@ -178,4 +217,6 @@ def evaluate_task(
         "dev_accuracy_by_layer": dev_accuracy,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if margin is not None:
+        result["close_calls"] = {"margin": margin, **{method: r.summary() for method, r in rechecked.items()}}
     return result, rows

@@ -13,6 +13,7 @@ from taskvec.errors import ModelNotFoundError, TaskvecError
 from taskvec.models import dense_cache
 from taskvec.models.adapter import ArchitectureAdapter
 from taskvec.models.devices import check_device
+from taskvec.models.precision import MIXED, enable_mixed_precision, is_mixed
 from taskvec.models.registry import BUNDLED_MODELS, DEFAULT_MODEL, BundledModel
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ _DTYPES = {
     "bf16": torch.bfloat16,
     "float16": torch.float16,
     "fp16": torch.float16,
+    MIXED: torch.float32,  # float32 model, decoder-block products in bfloat16 (models/precision.py)
 }
 
 
@@ -50,6 +52,11 @@ class LoadedModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def precision(self) -> str:
+        """``mixed`` (bfloat16 products in the blocks, see :mod:`taskvec.models.precision`) or the dtype."""
+        return MIXED if is_mixed(self.model) else str(self.dtype).removeprefix("torch.")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -98,6 +105,8 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     adapter = ArchitectureAdapter.from_model(model, tokenizer)
+    if dtype == MIXED and not enable_mixed_precision(adapter.layers):
+        logger.warning("dtype mixed: %s has no nn.Linear layers in its blocks; running in float32", spec)
     logger.info("loaded %s: %s, %d layers, dtype %s, device map %s", spec, type(model).__name__, adapter.num_layers,
                 torch_dtype, getattr(model, "hf_device_map", device))  # fmt: skip
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=spec, source=source)
