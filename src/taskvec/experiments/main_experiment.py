@@ -179,11 +179,20 @@ def evaluate_task(
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
         vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix)
+    check = margin is not None  # margins cost extra exact vocabulary slices: only when they are used
     with stage("test_tv"):
-        tv_ids, tv_margins = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs, with_margins=True)
+        tv_ids, tv_margins = (
+            patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs, with_margins=True)
+            if check
+            else (patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs), None)
+        )
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
     with stage("baseline"):
-        bl_ids, bl_margins = predict_token_ids(lm, bl_prompts, batch_size=bs, with_margins=True)
+        bl_ids, bl_margins = (
+            predict_token_ids(lm, bl_prompts, batch_size=bs, with_margins=True)
+            if check
+            else (predict_token_ids(lm, bl_prompts, batch_size=bs), None)
+        )
     rechecked = {}
     if margin is not None:
         with stage("recheck"):
