@@ -1,7 +1,7 @@
 """Benchmark of the main job: the paper's full 18-task run, stage by stage, fast path vs straightforward path.
 
-    python bench/bench_run.py [--model gemma-3-270m] [--modes reference,fast,fast-bf16] [--tasks paper]
-                              [--json out.json] [--keep DIR]
+    python bench/bench_run.py [--model gemma-3-270m] [--modes reference,fast,fast-bf16,mixed] [--tasks paper]
+                              [--seed 41] [--json out.json] [--keep DIR]
 
 Each mode is one ``taskvec run`` (``run_main``) in a fresh subprocess on a warm model cache, so its wall
 time and peak RSS are its own:
@@ -68,7 +68,7 @@ def busy_cpu_seconds() -> float:
     return sum(int(x) for x in fields[:3]) / os.sysconf("SC_CLK_TCK")
 
 
-def child(mode: str, model: str, tasks: list[str], out_dir: str) -> None:
+def child(mode: str, model: str, tasks: list[str], out_dir: str, seed: int) -> None:
     """One run of the main experiment; prints a JSON line with its timing and the model's shape."""
     from transformers.utils import logging as hf_logging
 
@@ -80,7 +80,7 @@ def child(mode: str, model: str, tasks: list[str], out_dir: str) -> None:
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     settings = MODES[mode]
-    config = MainConfig(model=model, tasks=tuple(resolve_task_names(tasks)), dtype=settings["dtype"])
+    config = MainConfig(model=model, tasks=tuple(resolve_task_names(tasks)), dtype=settings["dtype"], seed=seed)
     load_started = time.perf_counter()
     lm = load_model(model, dtype=settings["dtype"])
     load_seconds = time.perf_counter() - load_started
@@ -103,7 +103,8 @@ def child(mode: str, model: str, tasks: list[str], out_dir: str) -> None:
 
 def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
     busy_before, started = busy_cpu_seconds(), time.perf_counter()
-    command = [sys.executable, __file__, "--child", mode, "--model", args.model, "--out", str(out_dir)]
+    command = [sys.executable, __file__, "--child", mode, "--model", args.model, "--out", str(out_dir),
+               "--seed", str(args.seed)]  # fmt: skip
     proc = subprocess.Popen(
         [*command, "--tasks", *args.tasks], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -196,6 +197,7 @@ def main() -> int:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--modes", default="reference,fast,fast-bf16,mixed")
     parser.add_argument("--tasks", nargs="+", default=["paper"])
+    parser.add_argument("--seed", type=int, default=41, help="the run's seed (41: the reference results)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
@@ -204,7 +206,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.model, args.tasks, args.out)
+        child(args.child, args.model, args.tasks, args.out, args.seed)
         return 0
     if args.compare:
         same, total = agreement(predictions(Path(args.compare[0])), predictions(Path(args.compare[1])))

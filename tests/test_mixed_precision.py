@@ -114,3 +114,19 @@ def test_cli_refuses_a_bad_recheck_margin(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "recheck margin 3.0" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "gptj"])
+def test_sweep_margins_equal_those_of_full_patched_forwards(family):
+    from taskvec.engine.sweep import sweep_token_ids
+
+    lm = make_tiny_model(family)
+    torch.manual_seed(0)
+    vectors = torch.randn(len(PROMPTS), lm.num_layers, lm.model.config.get_text_config().hidden_size)
+    ids, margins = sweep_token_ids(lm, PROMPTS, vectors, with_margins=True)
+    for layer in range(lm.num_layers):
+        full_ids, full_margins = predict_token_ids(
+            lm, PROMPTS, patch_layers=[layer] * len(PROMPTS), patch_vectors=vectors[:, layer], with_margins=True
+        )
+        assert torch.equal(ids[layer], full_ids)
+        torch.testing.assert_close(margins[layer], full_margins, atol=1e-4, rtol=1e-4)

@@ -41,7 +41,7 @@ class MainConfig:
     n_dummy: int = 2
     seed: int = 41
     dtype: str = "float32"
-    batch_size: int | str = 32  # or "auto" (the runner halves it on out-of-memory errors)
+    batch_size: int | str = 32  # ICL prompts per forward, or "auto" (the runner halves it on out-of-memory errors)
     recheck_margin: float = DEFAULT_RECHECK_MARGIN  # dtype "mixed" only: test close calls redone in float32
     extra: dict = field(default_factory=dict)
 
@@ -51,6 +51,10 @@ class MainConfig:
         if self.dtype != MIXED:
             del d["recheck_margin"]  # meaningless without mixed precision
         return d
+
+
+SHORT_PROMPTS_PER_SLOT = 4  # bare query prompts per forward, per unit of batch_size
+TEST_SETS_PER_SLOT = 2  # test sets per shared-prefix chunk, per unit of batch_size (the paper's 50 in one chunk)
 
 
 def task_rng(seed: int, task_name: str) -> random.Random:
@@ -135,7 +139,8 @@ def _test_theta_and_icl(
     dummies = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in test]
     groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
     flags = [[False] * len(d) + [True] for d in dummies]
-    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=batch_size)
+    # One chunk of sets: suffixes of the same length across all sets share a forward (fewer, larger ones).
+    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=TEST_SETS_PER_SLOT * batch_size)
     is_query = torch.tensor([f for fs in flags for f in fs])
     vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
     return vectors, out.token_ids[is_query], out.margins[is_query]
@@ -180,19 +185,13 @@ def evaluate_task(
     with stage("test_theta_icl"):
         vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix)
     check = margin is not None  # margins cost extra exact vocabulary slices: only when they are used
+    short = SHORT_PROMPTS_PER_SLOT * bs  # bare query prompts are several times shorter than ICL prompts
     with stage("test_tv"):
-        tv_ids, tv_margins = (
-            patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs, with_margins=True)
-            if check
-            else (patched_token_ids(lm, test_prompts, vectors, [best] * len(test), bs), None)
-        )
+        tv = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), short, with_margins=check)
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
     with stage("baseline"):
-        bl_ids, bl_margins = (
-            predict_token_ids(lm, bl_prompts, batch_size=bs, with_margins=True)
-            if check
-            else (predict_token_ids(lm, bl_prompts, batch_size=bs), None)
-        )
+        bl = predict_token_ids(lm, bl_prompts, batch_size=short, with_margins=check)
+    (tv_ids, tv_margins), (bl_ids, bl_margins) = (tv, bl) if check else ((tv, None), (bl, None))
     rechecked = {}
     if margin is not None:
         with stage("recheck"):
