@@ -65,16 +65,18 @@ def recheck_plain(
     batch_size: int,
 ) -> list[Rechecked]:
     """Recompute the close calls among unpatched predictions in float32, in place. ``parts`` are
-    (prompts, ids (N,), margins (N,)) triples, rechecked together (few rows each: one batch is cheaper)."""
-    masks = [close(margins, threshold) for _, _, margins in parts]
-    wanted = [(k, i) for k, mask in enumerate(masks) for i in mask.nonzero()[:, 0].tolist()]
-    before = [ids[mask].clone() for (_, ids, _), mask in zip(parts, masks)]
-    if wanted:
-        with exact_products(lm.model):
-            found = predict_token_ids(lm, [parts[k][0][i] for k, i in wanted], batch_size=batch_size)
-        for (k, i), token in zip(wanted, found.tolist()):
-            parts[k][1][i] = token
-    return [Rechecked(mask, int((ids[mask] != old).sum())) for (_, ids, _), mask, old in zip(parts, masks, before)]
+    (prompts, ids (N,), margins (N,)) triples: prompts of one kind (e.g. ICL, or bare queries), each part
+    batched on its own so that long and short prompts do not pad each other."""
+    done = []
+    for prompts, ids, margins in parts:
+        mask = close(margins, threshold)
+        index = mask.nonzero()[:, 0].tolist()
+        before = ids[mask].clone()
+        if index:
+            with exact_products(lm.model):
+                ids[index] = predict_token_ids(lm, [prompts[i] for i in index], batch_size=batch_size)
+        done.append(Rechecked(mask, int((ids[mask] != before).sum())))
+    return done
 
 
 def recheck_patched(
