@@ -19,6 +19,7 @@ from taskvec.engine.forward import last_position_states, next_token_logits, patc
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position, skip_blocks
 from taskvec.engine.patching import patched_token_ids
 from taskvec.engine.sweep import sweep_token_ids
+from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.models.adapter import ArchitectureAdapter, find_decoder_layers, find_final_norm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -281,11 +282,11 @@ def test_argmax_over_vocab_slices_equals_argmax_of_full_logits():
     head = nn.Linear(8, 50)
     hidden = torch.randn(6, 8)
     for slice_rows in (1, 7, 50, 4096):
-        assert torch.equal(sweep_module.argmax_over_vocab(head, hidden, slice_rows), head(hidden).argmax(dim=-1))
+        assert torch.equal(argmax_over_vocab(head, hidden, slice_rows), head(hidden).argmax(dim=-1))
     tied = nn.Linear(2, 4, bias=False)
     with torch.no_grad():
         tied.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.5]]))
-    assert sweep_module.argmax_over_vocab(tied, torch.tensor([[1.0, 0.0]]), slice_rows=1).item() == 1  # first on ties
+    assert argmax_over_vocab(tied, torch.tensor([[1.0, 0.0]]), slice_rows=1).item() == 1  # first on ties
 
 
 def test_skipping_lower_blocks_is_verified_and_can_be_turned_off(lm):
@@ -339,7 +340,7 @@ def test_sweep_chunks_prompts_and_layers(lm):
 
 def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
     rows_per_forward: list[int] = []
-    real_argmax = sweep_module.argmax_over_vocab
+    real_argmax = sweep_module.argmax_and_margin
 
     def counting_argmax(unembedding, hidden, *args, **kwargs):
         rows_per_forward.append(hidden.shape[0])
@@ -349,7 +350,7 @@ def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
     layers = list(range(lm.num_layers))
     sweep_token_ids(lm, PROMPTS, vectors, layers)  # the one-time check of the fast path, not counted
     assert lm.adapter.fast_sweep_verified is True
-    monkeypatch.setattr(sweep_module, "argmax_over_vocab", counting_argmax)
+    monkeypatch.setattr(sweep_module, "argmax_and_margin", counting_argmax)
     for n_prompts, max_rows in [(5, 3), (1, 3), (2, 5), (5, 256)]:
         rows_per_forward.clear()
         sweep_token_ids(lm, PROMPTS[:n_prompts], vectors[:n_prompts], layers, max_rows=max_rows)

@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskvec.engine.sweep import argmax_over_vocab
-from taskvec.engine.vocab_argmax import MARGIN_RESOLUTION, exact_argmax_with_shortlist, shortlist_applies
+from taskvec.engine.vocab_argmax import (
+    MARGIN_RESOLUTION,
+    argmax_and_margin,
+    argmax_over_vocab,
+    exact_argmax_with_shortlist,
+    shortlist_applies,
+)
 
 
 def plain_scan(weight: torch.Tensor, hidden: torch.Tensor, slice_rows: int) -> torch.Tensor:
@@ -59,7 +64,7 @@ def test_margins_of_argmax_over_vocab(rows):
     unembedding.weight.data = torch.randn(2000, 64, generator=generator)
     hidden = torch.randn(rows, 64, generator=generator) * 4
     hidden[-2:] = unembedding.weight.data[5] * 0.5 + unembedding.weight.data[9] * 0.5  # near-ties
-    ids, margin = argmax_over_vocab(unembedding, hidden, 256, with_margin=True)
+    ids, margin = argmax_and_margin(unembedding, hidden, 256, with_margin=True)
     full = F.linear(hidden, unembedding.weight.data)
     assert torch.equal(ids, full.argmax(dim=1))
     top2 = full.topk(2, dim=1).values
@@ -69,7 +74,7 @@ def test_margins_of_argmax_over_vocab(rows):
     if rows < 8:
         with_bias = nn.Linear(64, 2000, bias=True)  # the plain scan: exact margins
         with_bias.weight.data, with_bias.bias.data = unembedding.weight.data, torch.zeros(2000)
-        torch.testing.assert_close(argmax_over_vocab(with_bias, hidden, 256, with_margin=True)[1], gap)
+        torch.testing.assert_close(argmax_and_margin(with_bias, hidden, 256, with_margin=True)[1], gap)
     close = gap < MARGIN_RESOLUTION  # close calls get their exact gap on the shortlist path too
     torch.testing.assert_close(margin[close], gap[close], atol=1e-4, rtol=1e-5)
     assert bool((margin[~close] >= MARGIN_RESOLUTION - 1e-4).all())

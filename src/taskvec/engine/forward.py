@@ -16,7 +16,7 @@ from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position
 from taskvec.engine.numerics import check_finite
-from taskvec.engine.vocab_argmax import argmax_over_vocab, top_two_gap
+from taskvec.engine.vocab_argmax import argmax_and_margin, top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -114,32 +114,32 @@ def predict_token_ids(
         if patch_layers is not None and patch_vectors is not None:
             patches = patches_for_rows([patch_layers[i] for i in group], patch_vectors[group])
         with patch_last_position(lm.adapter.layers, patches):
-            if with_margins:
-                result[group], margins[group] = next_token_ids(lm, batch, with_margins=True)
-            else:
-                result[group] = next_token_ids(lm, batch)
+            result[group], gaps = next_token_ids_and_margins(lm, batch, with_margins=with_margins)
+        if with_margins:
+            margins[group] = gaps
     return (result, margins) if with_margins else result
 
 
 @torch.no_grad()
-def next_token_ids(
-    lm: LoadedModel, batch: Batch, *, with_margins: bool = False
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Greedy next token of each row (N,), and with ``with_margins`` its margin over the runner-up.
+def next_token_ids(lm: LoadedModel, batch: Batch) -> torch.Tensor:
+    """Greedy next token of each row (N,). Once the sweep has verified for this model that the argmax of
+    the unembedding of the final hidden state gives its predictions (``fast_sweep_verified``), that path
+    is used (no full float32 logits); otherwise the model's own logits."""
+    return next_token_ids_and_margins(lm, batch)[0]
 
-    Once the sweep has verified for this model that the argmax of the unembedding of the final hidden
-    state gives its predictions (``fast_sweep_verified``), that path is used (no full float32 logits);
-    otherwise the model's own logits."""
+
+@torch.no_grad()
+def next_token_ids_and_margins(
+    lm: LoadedModel, batch: Batch, *, with_margins: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`next_token_ids`, and with ``with_margins`` each prediction's margin over the runner-up."""
     if not lm.adapter.fast_sweep_verified:
         logits = next_token_logits(lm, batch)
-        ids, margins = logits.argmax(dim=-1), top_two_gap(logits)
-    else:
-        out = lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-        hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
-        record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
-        found = argmax_over_vocab(lm.adapter.unembedding, hidden, with_margin=with_margins)
-        ids, margins = found if with_margins else (found, None)
-    return (ids, margins) if with_margins else ids
+        return logits.argmax(dim=-1), top_two_gap(logits) if with_margins else None
+    out = lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
+    hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
+    record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
+    return argmax_and_margin(lm.adapter.unembedding, hidden, with_margin=with_margins)
 
 
 def decode_prediction(lm: LoadedModel, token_id: int) -> str:

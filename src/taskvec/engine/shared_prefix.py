@@ -34,7 +34,8 @@ class GroupOutputs:
 
     states: torch.Tensor  # (N, len(layers), H) float32 on the CPU; empty when no layers were asked
     token_ids: torch.Tensor  # (N,) long; -1 for prompts that were not asked to predict
-    margins: torch.Tensor  # (N,) best minus second-best logit of the predictions; nan where none
+    margins: torch.Tensor | None  # (N,) best minus second-best logit of the predictions (nan where none),
+    # when asked for
     owner: torch.Tensor  # (N,) the group of each prompt
 
 
@@ -55,6 +56,7 @@ def run_prompt_groups(
     layers: Sequence[int] = (),
     predict: Sequence[Sequence[bool]] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    with_margins: bool = False,
 ) -> GroupOutputs:
     """Run every prompt of every group, computing each group's common token prefix once.
 
@@ -97,12 +99,18 @@ def run_prompt_groups(
             local_rows = torch.tensor([local for local, _ in items])
             index = [i for _, i in items]
             suffixes = [rows[i][prefix_len[owner[i]] :] for i in index]
-            got, ids, gaps = _suffix_forward(lm, prefix_batch, cache, local_rows, suffixes, layers, predicts)
+            got, ids, gaps = _suffix_forward(
+                lm, prefix_batch, cache, local_rows, suffixes, layers, predicts, with_margins
+            )
             if layers:
                 states[index] = got
             if predicts:
-                token_ids[index], margins[index] = ids, gaps
-    return GroupOutputs(states=states, token_ids=token_ids, margins=margins, owner=torch.tensor(owner))
+                token_ids[index] = ids
+                if with_margins:
+                    margins[index] = gaps
+    return GroupOutputs(
+        states=states, token_ids=token_ids, margins=margins if with_margins else None, owner=torch.tensor(owner)
+    )
 
 
 def fork_cache(cache: DynamicCache) -> DynamicCache:
@@ -138,9 +146,10 @@ def _suffix_forward(
     suffixes: list[list[int]],
     layers: list[int],
     predicts: bool,
+    with_margins: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Run equal-length suffixes after their groups' prefixes: (states (R, L, H), next token ids (R,),
-    their margins (R,))."""
+    their margins (R,) when asked for)."""
     device = lm.input_device
     width = len(suffixes[0])
     rows = local_rows.to(device)
@@ -164,7 +173,8 @@ def _suffix_forward(
             if lm.adapter.accepts_logits_to_keep:
                 inputs["logits_to_keep"] = 1
             logits = check_finite(lm.model(**inputs).logits[:, -1, :].float(), "next-token logits", lm.dtype)
-            ids, gaps = logits.argmax(dim=-1).cpu(), top_two_gap(logits).cpu()
+            ids = logits.argmax(dim=-1).cpu()
+            gaps = top_two_gap(logits).cpu() if with_margins else None
         blocks = lm.num_layers
     else:
         blocks = max(layers) + 1

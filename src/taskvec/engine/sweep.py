@@ -23,7 +23,7 @@ from taskvec.engine.patching import check_compatible, template_of
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
-from taskvec.engine.vocab_argmax import argmax_over_vocab, top_two_gap
+from taskvec.engine.vocab_argmax import argmax_and_margin, top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
@@ -124,8 +124,7 @@ def _last_token_ids(
         if fast:
             out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
             hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
-            found = argmax_over_vocab(lm.adapter.unembedding, hidden, with_margin=with_margins)
-            ids, gaps = found if with_margins else (found, None)
+            ids, gaps = argmax_and_margin(lm.adapter.unembedding, hidden, with_margin=with_margins)
             record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - 1 - min(chunk), logit_rows=n * k)
         else:
             logits = next_token_logits(lm, step, past_key_values=cache)

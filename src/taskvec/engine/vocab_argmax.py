@@ -133,21 +133,25 @@ def exact_argmax_with_shortlist(
 
 
 def argmax_over_vocab(
+    unembedding: torch.nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE
+) -> torch.Tensor:
+    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time."""
+    return argmax_and_margin(unembedding, hidden, slice_rows)[0]
+
+
+def argmax_and_margin(
     unembedding: torch.nn.Module,
     hidden: torch.Tensor,
     slice_rows: int = VOCAB_SLICE,
     *,
     with_margin: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """argmax of ``unembedding(hidden)`` (first index on ties), one slice of the vocabulary at a time.
-
-    With ``with_margin`` also the gap between the best and the second-best logit of each row: how close
-    the call was (exact below ``MARGIN_RESOLUTION``, a lower bound above it).
-    """
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`argmax_over_vocab`, and with ``with_margin`` the gap between the best and the second-best
+    logit of each row: how close the call was (exact below ``MARGIN_RESOLUTION``, a lower bound above
+    it); None without."""
     if weights_offloaded(unembedding):  # accelerate brings the weights in for a forward call only
         logits = unembedding(hidden).float()
-        ids = logits.argmax(dim=-1).cpu()
-        return (ids, top_two_gap(logits).cpu()) if with_margin else ids
+        return logits.argmax(dim=-1).cpu(), top_two_gap(logits).cpu() if with_margin else None
     weight = unembedding.weight
     bias = getattr(unembedding, "bias", None)
     hidden = hidden.to(device=weight.device, dtype=weight.dtype)
@@ -155,12 +159,11 @@ def argmax_over_vocab(
         resolution = MARGIN_RESOLUTION if with_margin else 0.0
         value, index, margin = exact_argmax_with_shortlist(unembedding, hidden, slice_rows, resolution)
         check_finite(value, "top logits", weight.dtype)
-        return (index, margin) if with_margin else index
+        return index, margin if with_margin else None
     top = _TopTwo(hidden.shape[0], device=weight.device)
     everything = slice(None)
     for start in range(0, weight.shape[0], slice_rows):
         stop = start + slice_rows
         top.merge(everything, F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop]), start)
     check_finite(top.value, "top logits", weight.dtype)
-    ids = top.index.cpu()
-    return (ids, top.margin().cpu()) if with_margin else ids
+    return top.index.cpu(), top.margin().cpu() if with_margin else None

@@ -128,22 +128,31 @@ def best_layer(accuracy_by_layer: list[float]) -> int:
 
 
 def _test_theta_and_icl(
-    lm: LoadedModel, template: PromptTemplate, test: list[EvalSet], layer: int, batch_size: int, shared: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lm: LoadedModel,
+    template: PromptTemplate,
+    test: list[EvalSet],
+    layer: int,
+    batch_size: int,
+    shared: bool,
+    with_margins: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """theta of each test set at ``layer`` (mean over its dummy prompts), the ICL prediction of its query
-    and that prediction's margin."""
+    and (with ``with_margins``, else None) that prediction's margin."""
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     if not shared:
         vectors = set_vectors(lm, template, test, [layer], batch_size, shared_prefix=False)[:, 0, :]
-        return vectors, *predict_token_ids(lm, icl_prompts, batch_size=batch_size, with_margins=True)
+        found = predict_token_ids(lm, icl_prompts, batch_size=batch_size, with_margins=with_margins)
+        return vectors, *(found if with_margins else (found, None))
     dummies = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in test]
     groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
     flags = [[False] * len(d) + [True] for d in dummies]
     # One chunk of sets: suffixes of the same length across all sets share a forward (fewer, larger ones).
-    out = run_prompt_groups(lm, groups, layers=[layer], predict=flags, batch_size=TEST_SETS_PER_SLOT * batch_size)
+    out = run_prompt_groups(
+        lm, groups, layers=[layer], predict=flags, batch_size=TEST_SETS_PER_SLOT * batch_size, with_margins=with_margins
+    )
     is_query = torch.tensor([f for fs in flags for f in fs])
     vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
-    return vectors, out.token_ids[is_query], out.margins[is_query]
+    return vectors, out.token_ids[is_query], None if out.margins is None else out.margins[is_query]
 
 
 def evaluate_task(
@@ -169,7 +178,7 @@ def evaluate_task(
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
     rows: list[dict] = []
-    margin = config.recheck_margin if lm.precision == MIXED else None
+    check = lm.precision == MIXED  # close calls rechecked in float32; margins cost work: only then
     bs = config.batch_size
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
@@ -183,8 +192,7 @@ def evaluate_task(
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
-        vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix)
-    check = margin is not None  # margins cost extra exact vocabulary slices: only when they are used
+        vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix, check)
     short = SHORT_PROMPTS_PER_SLOT * bs  # bare query prompts are several times shorter than ICL prompts
     with stage("test_tv"):
         tv = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), short, with_margins=check)
@@ -193,7 +201,8 @@ def evaluate_task(
         bl = predict_token_ids(lm, bl_prompts, batch_size=short, with_margins=check)
     (tv_ids, tv_margins), (bl_ids, bl_margins) = (tv, bl) if check else ((tv, None), (bl, None))
     rechecked = {}
-    if margin is not None:
+    if check:
+        margin = config.recheck_margin
         with stage("recheck"):
             theta = _theta_fn(lm, template, test, bs, shared_prefix)
             rechecked["hypothesis"] = recheck_patched(
@@ -225,6 +234,7 @@ def evaluate_task(
         "dev_accuracy_by_layer": dev_accuracy,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if margin is not None:
-        result["close_calls"] = {"margin": margin, **{method: r.summary() for method, r in rechecked.items()}}
+    if check:
+        summaries = {method: r.summary() for method, r in rechecked.items()}
+        result["close_calls"] = {"margin": config.recheck_margin, **summaries}
     return result, rows
