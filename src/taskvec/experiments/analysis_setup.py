@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from taskvec.errors import OutputDirectoryError, TaskDataError, TaskvecError
 from taskvec.experiments.main_experiment import best_layer, dev_sweep, task_rng
 from taskvec.experiments.runner import model_info, peak_rss_mb, versions
 from taskvec.models.loading import LoadedModel
+from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.registry import builtin_task
 from taskvec.tasks.sampling import draw_splits, minimum_pairs
@@ -34,6 +35,31 @@ class LayerOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _json_ready(value):
+    """Tuples (at any depth) as lists, as JSON gives them back."""
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The settings every analysis (robustness, conflict, interpret) shares; each adds its own."""
+
+    model: str = DEFAULT_MODEL
+    shots: int = 5
+    n_dummy: int = 2
+    seed: int = 41
+    layers: LayerOptions = field(default_factory=LayerOptions)
+    dtype: str = "float32"
+    batch_size: int = 32
+
+    def to_dict(self) -> dict:
+        return _json_ready(asdict(self))
 
 
 def prepare_tasks(lm: LoadedModel, names: Sequence[str], shots: int, n_dummy: int) -> dict[str, PreparedTask]:

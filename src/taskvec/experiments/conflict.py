@@ -8,15 +8,20 @@ theta drives the answer, the model follows B although the demonstrations show A.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from taskvec.engine.forward import decode_predictions, predict_token_ids
 from taskvec.engine.patching import patched_token_ids
 from taskvec.errors import TaskDataError, TaskvecError
-from taskvec.experiments.analysis_setup import LayerOptions, Progress, choose_layers, prepare_tasks, run_header
+from taskvec.experiments.analysis_setup import (
+    AnalysisConfig,
+    Progress,
+    choose_layers,
+    prepare_tasks,
+    run_header,
+)
 from taskvec.experiments.main_experiment import set_vectors, task_rng
 from taskvec.models.loading import LoadedModel, load_model
-from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.registry import builtin_task
@@ -42,22 +47,10 @@ PAPER_NUMBERS: dict[tuple[str, str], tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
-class ConflictConfig:
-    model: str = DEFAULT_MODEL
+class ConflictConfig(AnalysisConfig):
     pairs: tuple[tuple[str, str], ...] = PAPER_PAIRS
     n_sets: int = 50
-    shots: int = 5
-    n_dummy: int = 2
-    seed: int = 41
     min_queries: int = 10
-    layers: LayerOptions = field(default_factory=LayerOptions)
-    dtype: str = "float32"
-    batch_size: int = 32
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["pairs"] = [list(p) for p in self.pairs]
-        return d
 
 
 def parse_pairs(spec: str) -> tuple[tuple[str, str], ...]:

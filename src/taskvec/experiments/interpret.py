@@ -5,40 +5,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from taskvec.engine.forward import check_layers
 from taskvec.engine.projection import check_top_k, logit_softcap, projected_top_tokens
 from taskvec.errors import TaskvecError
-from taskvec.experiments.analysis_setup import LayerOptions, Progress, choose_layers, prepare_tasks, run_header
+from taskvec.experiments.analysis_setup import (
+    AnalysisConfig,
+    Progress,
+    choose_layers,
+    prepare_tasks,
+    run_header,
+)
 from taskvec.experiments.main_experiment import set_vectors, task_rng
 from taskvec.models.loading import LoadedModel, load_model
-from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.registry import PAPER_TASKS
 from taskvec.tasks.sampling import draw_splits
 
 
 @dataclass(frozen=True)
-class InterpretConfig:
-    model: str = DEFAULT_MODEL
+class InterpretConfig(AnalysisConfig):
     tasks: tuple[str, ...] = PAPER_TASKS
     extra_layers: tuple[int, ...] = ()  # --layers: project at these layers (default: the task's layer only)
     n_sets: int = 50
     n_single: int = 3
     top_k: int = 10
     words_only: bool = False
-    shots: int = 5
-    n_dummy: int = 2
-    seed: int = 41
-    layers: LayerOptions = field(default_factory=LayerOptions)
-    dtype: str = "float32"
-    batch_size: int = 32
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"], d["extra_layers"] = list(self.tasks), list(self.extra_layers)
-        return d
 
 
 def _tokens(found: list[tuple[str, float]]) -> list[dict]:

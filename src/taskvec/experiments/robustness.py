@@ -8,17 +8,22 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from taskvec.errors import TaskvecError
-from taskvec.experiments.analysis_setup import LayerOptions, Progress, choose_layers, prepare_tasks, run_header
+from taskvec.experiments.analysis_setup import (
+    AnalysisConfig,
+    Progress,
+    choose_layers,
+    prepare_tasks,
+    run_header,
+)
 from taskvec.experiments.main_experiment import set_vectors, task_rng
 from taskvec.models.loading import LoadedModel, load_model
-from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.report.results_io import _umask
 from taskvec.tasks.registry import PAPER_TASKS
 from taskvec.tasks.sampling import draw_splits
@@ -29,22 +34,10 @@ _KEY = "taskvec_robustness"
 
 
 @dataclass(frozen=True)
-class RobustnessConfig:
-    model: str = DEFAULT_MODEL
+class RobustnessConfig(AnalysisConfig):
     tasks: tuple[str, ...] = PAPER_TASKS
     n_vectors: int = 50
-    shots: int = 5
-    n_dummy: int = 2
-    seed: int = 41
     perplexity: float = 30.0
-    layers: LayerOptions = field(default_factory=LayerOptions)
-    dtype: str = "float32"
-    batch_size: int = 32
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        return d
 
 
 def check_sizes(n_tasks: int, n_vectors: int, perplexity: float) -> None:
