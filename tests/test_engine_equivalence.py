@@ -470,7 +470,8 @@ def test_patch_hook_on_tensor_output():
     torch.testing.assert_close(x, x.clone())  # the input is not modified in place
 
 
-def test_gptj_block_returns_tuple_and_patching_works():
+def test_gptj_block_output_patching_works_whatever_its_type():
+    """GPT-J blocks returned a tuple before transformers 5.24 and a tensor since; patching handles either."""
     lm = make_tiny_model("gptj")
     outputs: list = []
     handle = lm.adapter.layers[0].register_forward_hook(lambda m, a, o: outputs.append(o))
@@ -478,9 +479,8 @@ def test_gptj_block_returns_tuple_and_patching_works():
         next_token_logits(lm, single_batch(lm, PROMPTS[0]))
     finally:
         handle.remove()
-    assert isinstance(outputs[0], tuple), f"GPT-J block returned {type(outputs[0]).__name__}"
-    length = len(outputs[0])
-    # Patch layer 0 and look at what the next block receives: the patched tuple, with its other items.
+    hidden = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+    # Patch layer 0 and look at what the next block receives: the patched output, of the same type.
     vector = donor_states(lm)[0, 0]
     seen: list = []
     with patch_last_position(lm.adapter.layers, {0: (torch.tensor([0]), vector[None])}):
@@ -489,10 +489,45 @@ def test_gptj_block_returns_tuple_and_patching_works():
             patched = next_token_logits(lm, single_batch(lm, PROMPTS[0]))
         finally:
             handle.remove()
-    assert isinstance(seen[0], tuple) and len(seen[0]) == length
-    close(seen[0][0][0, -1], vector)
-    close(seen[0][0][:, :-1], outputs[0][0][:, :-1])
+    assert type(seen[0]) is type(outputs[0])
+    seen_hidden = seen[0][0] if isinstance(seen[0], tuple) else seen[0]
+    close(seen_hidden[0, -1], vector)
+    close(seen_hidden[:, :-1], hidden[:, :-1])
     assert not torch.allclose(patched, next_token_logits(lm, single_batch(lm, PROMPTS[0])), atol=1e-2)
+
+
+class _TupleBlock(nn.Module):
+    """A block that returns (hidden, extra), as GPT-J's did before transformers 5.24."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, hidden):
+        return self.linear(hidden), "extra"
+
+
+def test_hooks_read_and_replace_the_hidden_state_of_tuple_outputs():
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([_TupleBlock(4), _TupleBlock(4)])
+    hidden = torch.randn(2, 3, 4)
+
+    def run(x):
+        for block in blocks:
+            x, extra = block(x)
+            assert extra == "extra"
+        return x
+
+    store: dict[int, torch.Tensor] = {}
+    with capture_last_position(blocks, [0], store):
+        plain = run(hidden)
+    close(store[0], blocks[0].linear(hidden)[:, -1])
+    vector = torch.ones(1, 4)
+    with patch_last_position(blocks, {0: (torch.tensor([1]), vector)}):
+        patched = run(hidden)
+    close(patched[0], plain[0])
+    close(patched[1, :-1], plain[1, :-1])
+    close(patched[1, -1], blocks[1].linear(vector)[0])
 
 
 # --- the architecture adapter -----------------------------------------------------------------------

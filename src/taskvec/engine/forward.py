@@ -24,12 +24,12 @@ DEFAULT_BATCH_SIZE = 32
 
 
 @torch.no_grad()
-def next_token_logits(lm: LoadedModel, batch: Batch, past_key_values=None) -> torch.Tensor:
+def next_token_logits(lm: LoadedModel, batch: Batch, cache=None) -> torch.Tensor:
     """Logits (B, V) of the token after each row's last position, as float32 on the CPU."""
     kwargs = batch.model_inputs()
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
-    out = lm.model(**kwargs, past_key_values=past_key_values, use_cache=past_key_values is not None)
+    out = lm.model(**kwargs, **lm.adapter.cache_inputs(cache))
     record_batch(batch, blocks=lm.num_layers, logit_rows=out.logits.shape[0] * out.logits.shape[1])
     return check_finite(out.logits[:, -1, :].float().cpu(), "next-token logits", lm.dtype)
 

@@ -18,6 +18,7 @@ from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, check_queries, patches_for_rows
 from taskvec.engine.hooks import patch_last_position
 from taskvec.errors import TaskvecError
+from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 #: Upper bound of ``max_new_tokens``: answers of a task are short; longer runs are not what this is for.
@@ -87,7 +88,7 @@ def _generate_batch(
         kwargs = {"input_ids": next_ids[:, None].to(mask.device), "attention_mask": mask, "position_ids": position}
         if lm.adapter.accepts_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = lm.model(**kwargs, past_key_values=out.past_key_values, use_cache=True)
+        out = lm.model(**kwargs, **lm.adapter.cache_inputs(returned_cache(out)))
     return generated
 
 

@@ -132,7 +132,7 @@ def _prefix_forward(lm: LoadedModel, prefixes: list[list[int]], deepest: int) ->
     stop = capture_last_position(lm.adapter.layers, [deepest], {}, stop_after_last=True)
     early = deepest < lm.num_layers - 1
     with stop if early else contextlib.nullcontext(), contextlib.suppress(StopForward):
-        lm.adapter.base_model(**batch.model_inputs(), past_key_values=cache, use_cache=True)
+        lm.adapter.base_model(**batch.model_inputs(), **lm.adapter.cache_inputs(cache))
     tokens = int(batch.attention_mask.sum())
     record(tokens=tokens, padded_tokens=batch.attention_mask.numel(), blocks=deepest + 1)
     return batch, cache
@@ -163,8 +163,7 @@ def _suffix_forward(
             [attention_mask, torch.ones(len(suffixes), width, dtype=torch.long, device=device)], 1
         ),
         "position_ids": prefix.position_ids[rows, -1:] + step,
-        "past_key_values": own,
-        "use_cache": True,
+        **lm.adapter.cache_inputs(own),
     }
     store: dict[int, torch.Tensor] = {}
     ids = gaps = None

@@ -25,6 +25,7 @@ from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
 from taskvec.engine.vocab_argmax import argmax_and_margin, top_two_gap
 from taskvec.errors import TaskvecError
+from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _prefix_cache(lm: LoadedModel, batch: Batch):
         handle.remove()
     record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
            blocks=lm.num_layers)  # fmt: skip
-    return out.past_key_values, arity[0]
+    return returned_cache(out), arity[0]
 
 
 def _last_token_ids(
@@ -122,12 +123,12 @@ def _last_token_ids(
     skipped = skip_blocks(lm.adapter.layers, min(chunk), arity) if fast else contextlib.nullcontext()
     with skipped, patch_last_position(lm.adapter.layers, patches):
         if fast:
-            out = lm.adapter.base_model(**step.model_inputs(), past_key_values=cache, use_cache=True)
+            out = lm.adapter.base_model(**step.model_inputs(), **lm.adapter.cache_inputs(cache))
             hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
             ids, gaps = argmax_and_margin(lm.adapter.unembedding, hidden, with_margin=with_margins)
             record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - 1 - min(chunk), logit_rows=n * k)
         else:
-            logits = next_token_logits(lm, step, past_key_values=cache)
+            logits = next_token_logits(lm, step, cache=cache)
             ids, gaps = logits.argmax(dim=-1), top_two_gap(logits) if with_margins else None
     return ids.view(n, k), None if gaps is None else gaps.view(n, k)
 

@@ -29,6 +29,9 @@ class ArchitectureAdapter:
     prefix_ids: list[int]  # token ids put before every prompt by us (empty when the tokenizer adds BOS)
     accepts_logits_to_keep: bool
     max_positions: int | None
+    #: The forward keyword for a key/value cache: ``cache`` from transformers 5.24 on (where
+    #: ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before.
+    cache_kwarg: str = "past_key_values"
     #: Whether the sweep's fast path (skipped lower blocks, sliced argmax) matches full forwards (checked once).
     fast_sweep_verified: bool | None = None
 
@@ -51,7 +54,25 @@ class ArchitectureAdapter:
             prefix_ids=prompt_prefix_ids(tokenizer),
             accepts_logits_to_keep="logits_to_keep" in inspect.signature(model.forward).parameters,
             max_positions=_max_positions(model),
+            cache_kwarg=cache_keyword(base),
         )
+
+    def cache_inputs(self, cache) -> dict:
+        """Forward keywords that pass ``cache`` (None: no cache) and ask for it to be kept and returned."""
+        return {self.cache_kwarg: cache, "use_cache": cache is not None}
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The name ``module.forward`` takes its key/value cache under."""
+    parameters = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(output):
+    """The key/value cache a forward returned, under either of transformers' names for it."""
+    keys = output.keys()
+    name = "cache" if "cache" in keys else "past_key_values"
+    return output[name] if name in keys else None
 
 
 def _text_config(model: nn.Module):
