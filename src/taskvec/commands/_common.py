@@ -26,6 +26,14 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", default=None, metavar="N",
+        help="CPU threads for torch: a number, or auto (default: $TASKVEC_THREADS, else auto = the cores not "
+             "busy with other processes when the command starts; see the README's 'Threads')",
+    )  # fmt: skip
+
+
 def require_positive(args: argparse.Namespace, *names: str) -> None:
     """Refuse ``--name`` values below 1 with a message naming the option and the value."""
     for name in names:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from taskvec.commands._common import add_dtype_argument
+from taskvec.commands._common import add_dtype_argument, add_threads_argument
 from taskvec.errors import TaskvecError
 
 NAME = "apply"
@@ -19,14 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_vector", help=".safetensors file written by `taskvec extract` or TaskVector.save")
     parser.add_argument("--model", default=None, help="model to load (default: the one recorded in the file)")
     queries = parser.add_mutually_exclusive_group(required=True)
-    queries.add_argument("--query", nargs="+", help="one or more queries")
+    queries.add_argument("--query", nargs="+", action="extend", help="one or more queries (the option may repeat)")
     queries.add_argument("--queries", help="file of queries: one per line (.txt) or a JSON list of strings")
     parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens to decode at most (1..256)")
     parser.add_argument("--layer", type=int, default=None, help="patch at this layer instead of the stored one")
     parser.add_argument("--alpha", type=float, default=1.0, help="scale theta by this factor")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     add_dtype_argument(parser)
+    add_threads_argument(parser)
 
 
 def read_queries(path: str) -> list[str]:
@@ -52,7 +53,7 @@ def read_queries(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     from taskvec.engine.generation import check_max_new_tokens
     from taskvec.engine.task_vector import TaskVector
-    from taskvec.models.loading import load_model
+    from taskvec.models.loading import check_model_spec, load_model
 
     check_max_new_tokens(args.max_new_tokens)
     if args.batch_size < 1:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> None:
     model = args.model or tv.metadata.get("model_id")
     if not model:
         raise TaskvecError(f"{args.task_vector!r} records no model id (an old file?): pass --model")
+    check_model_spec(model)
     print(f"loading {model} ...", file=sys.stderr)
     lm = load_model(model, dtype=args.dtype)
     answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size)

@@ -12,7 +12,7 @@ ORDER = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run directories (each holds a results.json)")
-    parser.add_argument("--out", default="taskvec-comparison")
+    parser.add_argument("--out", default="taskvec-comparison", help="output directory")
 
 
 def run(args: argparse.Namespace) -> None:

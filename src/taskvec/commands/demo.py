@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskvec.commands._common import add_device_argument, add_dtype_argument, add_model_argument
+from taskvec.commands._common import add_device_argument, add_dtype_argument, add_model_argument, add_threads_argument
 
 NAME = "demo"
 HELP = "5 demonstrations of a task; ICL, task-vector and zero-shot answers side by side"
@@ -15,15 +15,19 @@ ORDER = 0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--task", default="to_upper", help="built-in task (see `taskvec tasks`)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which demonstrations and queries are drawn")
     add_dtype_argument(parser)
+    add_threads_argument(parser)
     add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     from taskvec.demo import run_demo
-    from taskvec.models.loading import load_model
+    from taskvec.models.loading import check_model_spec, load_model
+    from taskvec.tasks.registry import builtin_task
 
+    builtin_task(args.task)  # an unknown name is refused before the model loads
+    check_model_spec(args.model)
     print(f"loading {args.model} ...", file=sys.stderr)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     result = run_demo(lm, args.task, seed=args.seed)

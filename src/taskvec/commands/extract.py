@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument, require_positive
+from taskvec.commands._common import add_dtype_argument, add_model_argument, add_threads_argument, require_positive
 from taskvec.errors import TaskvecError
 
 NAME = "extract"
@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=5, help="demonstrations per set")
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries per set")
     parser.add_argument("--n-dev", type=int, default=20, help="held-out pairs scored to choose the layer (at most)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which demonstrations and dummy queries are drawn")
     add_dtype_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from taskvec.experiments.extract import ExtractConfig, extract_for_task
-    from taskvec.models.loading import load_model
+    from taskvec.models.loading import check_model_spec, load_model
     from taskvec.tasks.registry import builtin_task, load_task_file
 
     require_positive(args, "n_sets", "shots", "n_dummy", "n_dev")
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise TaskvecError(f"output directory {str(out.parent)!r} of -o {args.output!r} does not exist")
     task = builtin_task(args.task) if args.task else load_task_file(args.demos)
+    check_model_spec(args.model)
     print(f"loading {args.model} ...", file=sys.stderr)
     lm = load_model(args.model, dtype=args.dtype)
     with tqdm(total=config.n_sets, unit="set", desc="extracting", file=sys.stderr) as bar:

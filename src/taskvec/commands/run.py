@@ -11,6 +11,7 @@ from taskvec.commands._common import (
     add_device_argument,
     add_dtype_argument,
     add_model_argument,
+    add_threads_argument,
     require_positive,
 )
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin
@@ -28,13 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="task names or groups: paper, extras, all (default: paper, or none when --task-file is given)",
     )  # fmt: skip
     parser.add_argument("--task-file", action="append", default=[], help="extra task from a JSON/JSONL/CSV of pairs")
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--n-dev", type=int, default=50)
-    parser.add_argument("--n-test", type=int, default=50)
-    parser.add_argument("--n-baseline", type=int, default=100)
+    parser.add_argument("--shots", type=int, default=5, help="demonstrations per prompt")
+    parser.add_argument("--n-dev", type=int, default=50, help="dev sets per task (choose the layer)")
+    parser.add_argument("--n-test", type=int, default=50, help="test sets per task (the reported accuracies)")
+    parser.add_argument("--n-baseline", type=int, default=100, help="bare queries per task for the zero-shot baseline")
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries averaged per task vector")
-    parser.add_argument("--seed", type=int, default=41)
+    parser.add_argument("--seed", type=int, default=41, help="sampling seed (41: the published results)")
     add_dtype_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--recheck-margin", type=float, default=DEFAULT_RECHECK_MARGIN,
         help="with --dtype mixed: predictions whose two best logits are closer than this are recomputed in float32 "
@@ -54,27 +56,42 @@ def run(args: argparse.Namespace) -> None:
 
     from taskvec.experiments.backoff import parse_batch_size
     from taskvec.experiments.main_experiment import MainConfig
+    from taskvec.experiments.outdir import check_run_config, finished_task_names
     from taskvec.experiments.runner import run_main
     from taskvec.models.devices import check_device
+    from taskvec.models.loading import check_model_spec
     from taskvec.report import write_comparison
-    from taskvec.tasks.registry import resolve_task_names
+    from taskvec.tasks.registry import load_tasks, resolve_task_names
 
+    # Everything that can be checked without a model is checked here, for every model of the run,
+    # so that a bad value stops the run before hours of work rather than after the first model.
     require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy")
     recheck_margin = check_recheck_margin(args.recheck_margin)
     batch_size, device = parse_batch_size(args.batch_size), check_device(args.device)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if not models:
+        raise TaskvecError(f"--model {args.model!r} names no model")
     names = args.tasks if args.tasks is not None else ([] if args.task_file else ["paper"])
     tasks = tuple(resolve_task_names(names))
     if not tasks and not args.task_file:
         raise TaskvecError("no tasks to run: name built-in tasks with --tasks or give --task-file")
+    task_names = [t.name for t in load_tasks(tasks, args.task_file)]  # task files: readable, well-formed
     base = Path(args.out) if args.out else Path("taskvec-runs")
-    run_dirs = []
+    plans = []
     for model in models:
+        check_model_spec(model)
         out = base / Path(model).name if (len(models) > 1 or not args.out) else base
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
                             seed=args.seed, dtype=args.dtype, batch_size=batch_size,
                             recheck_margin=recheck_margin)  # fmt: skip
+        resuming = out.is_dir() and check_run_config(out, config.to_dict())  # refuses another configuration
+        plans.append((model, out, config, finished_task_names(out, task_names) if resuming else []))
+    run_dirs = []
+    for model, out, config, finished in plans:
+        if finished:
+            print(f"resuming the run in {out}: {len(finished)} of {len(task_names)} tasks already done, skipped "
+                  f"({', '.join(finished)})", file=sys.stderr)  # fmt: skip
         bars = []  # created at the first task, so that errors before it print alone
 
         def progress(task: str, done: int, total: int, bars=bars, model=model) -> None:

@@ -102,3 +102,8 @@ def load_finished_task(path: Path, task_name: str) -> dict | None:
         return saved
     logger.warning("task %s: %s is unreadable or belongs to another task; computing the task again", task_name, path)
     return None
+
+
+def finished_task_names(out_dir: Path, task_names: list[str]) -> list[str]:
+    """The tasks of ``task_names`` whose results a run in ``out_dir`` has already saved (a resume skips them)."""
+    return [name for name in task_names if task_result_path(out_dir, name).is_file()]

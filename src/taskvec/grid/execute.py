@@ -19,6 +19,7 @@ from taskvec.errors import OutputDirectoryError, TaskvecError
 from taskvec.experiments.outdir import check_run_config, probe_writable
 from taskvec.grid.config import GridJob, GridSpec
 from taskvec.report.results_io import write_json_atomic
+from taskvec.threads import configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,10 @@ class GridOutcome:
 
 def run_job(job: GridJob) -> dict:
     """The work of one grid job, in the job's own process."""
-    import torch
-
     from taskvec.experiments.runner import run_main
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    configure_threads(job.threads)  # None: $TASKVEC_THREADS, else the idle cores of the job's allocation
     results = run_main(job.config, job.run_dir, device=job.device)
     return {"run_dir": str(job.run_dir), "mean": results["summary"]["mean"], "seconds": results["timing"]["seconds"]}
 

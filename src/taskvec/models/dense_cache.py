@@ -20,6 +20,16 @@ from taskvec.errors import ChecksumMismatchError
 
 logger = logging.getLogger(__name__)
 
+#: Log records of a dense copy being built carry ``extra={STAGE: (step, steps)}`` (step 1..steps, and
+#: steps + 1 when done), so that a front end can show one progress bar over the whole one-time build.
+STAGE = "taskvec_build_stage"
+BUILD_STEPS = 5
+
+
+def log_stage(step: int, message: str, *args) -> None:
+    logger.info(message, *args, extra={STAGE: (step, BUILD_STEPS)})
+
+
 MANIFEST = "taskvec-manifest.json"
 _BLOCK = 1 << 20
 
@@ -106,9 +116,10 @@ def write_dense_copy(gguf_path: Path, entry: Path, source: dict[str, str]) -> No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("converting %s to a dense local copy (one-time, about a minute)", gguf_path.name)
     folder, name = str(gguf_path.parent), gguf_path.name
+    log_stage(2, "converting the tokenizer of %s", name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    log_stage(3, "de-quantizing the weights of %s to float32", name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # The weights are now plain float tensors: drop the GGUF quantizer so they save as dense safetensors.
     model.hf_quantizer = None
@@ -116,12 +127,15 @@ def write_dense_copy(gguf_path: Path, entry: Path, source: dict[str, str]) -> No
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
+        log_stage(4, "writing the dense copy (safetensors) to %s", entry.parent)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        log_stage(5, "recording the sha256 of every file of the copy")
         write_manifest(staging, source)
         if entry.exists():  # a stale or broken entry; a complete one is never rebuilt
             shutil.rmtree(entry)
         staging.rename(entry)
+        log_stage(BUILD_STEPS + 1, "dense copy ready: %s", entry)
     except OSError:
         if is_complete(entry):  # another process finished the same entry first
             return

@@ -112,23 +112,27 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=spec, source=source)
 
 
-def _local_folder(spec: str) -> tuple[str, dict[str, str]]:
-    """Map ``spec`` to something ``from_pretrained`` can open, building a dense copy when needed."""
+def check_model_spec(spec: str) -> None:
+    """Refuse, before anything is loaded, a model that cannot be loaded here: a bundled model whose
+    packages are missing (naming the extra that installs them), a path that does not exist or holds no
+    model, a typo of a bundled name. Hub ids pass (whether they exist is known only by asking the hub)."""
     if spec in BUNDLED_MODELS:
-        return str(ensure_bundled(BUNDLED_MODELS[spec])), {"bundled": spec, "sha256": BUNDLED_MODELS[spec].sha256}
+        bundled = BUNDLED_MODELS[spec]
+        if not dense_cache.is_complete(_bundled_entry(bundled)):
+            bundled.chunk_paths()  # raises ModelPackageMissingError with the install command
+        return
+    _existing_path(spec)
+
+
+def _existing_path(spec: str) -> Path | None:
+    """``spec`` as an existing model file or folder, None for a hub id; raises for anything else."""
     path = Path(spec).expanduser()
     if path.exists():
-        if path.is_file():
-            if path.suffix != ".gguf":
-                raise ModelNotFoundError(f"model path {spec!r} is a file but not a .gguf; expected a folder or .gguf")
-            sha = dense_cache.sha256_of_file(path)
-            entry = dense_cache.dense_entry(f"{path.stem}-{sha[:16]}")
-            if not dense_cache.is_complete(entry):
-                dense_cache.write_dense_copy(path, entry, {"gguf": str(path), "sha256": sha})
-            return str(entry), {"gguf": str(path), "sha256": sha}
-        if not (path / "config.json").is_file():
+        if path.is_file() and path.suffix != ".gguf":
+            raise ModelNotFoundError(f"model path {spec!r} is a file but not a .gguf; expected a folder or .gguf")
+        if path.is_dir() and not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model folder {spec!r} has no config.json; expected a Hugging Face model folder")
-        return str(path), {"path": str(path.resolve())}
+        return path
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelNotFoundError(f"model path {spec!r} does not exist")
     close = difflib.get_close_matches(spec, list(BUNDLED_MODELS), n=1, cutoff=0.8)
@@ -137,18 +141,42 @@ def _local_folder(spec: str) -> tuple[str, dict[str, str]]:
             f"unknown model {spec!r}: did you mean the bundled model {close[0]!r}? "
             f"Bundled models: {', '.join(BUNDLED_MODELS)}; or give a local folder, a .gguf file or a hub id"
         )
-    return spec, {"hub_id": spec}
+    return None
+
+
+def _local_folder(spec: str) -> tuple[str, dict[str, str]]:
+    """Map ``spec`` to something ``from_pretrained`` can open, building a dense copy when needed."""
+    if spec in BUNDLED_MODELS:
+        return str(ensure_bundled(BUNDLED_MODELS[spec])), {"bundled": spec, "sha256": BUNDLED_MODELS[spec].sha256}
+    path = _existing_path(spec)
+    if path is None:
+        return spec, {"hub_id": spec}
+    if path.is_file():
+        sha = dense_cache.sha256_of_file(path)
+        entry = dense_cache.dense_entry(f"{path.stem}-{sha[:16]}")
+        if not dense_cache.is_complete(entry):
+            dense_cache.log_stage(1, "first use of %s: building its dense copy (one-time; later loads take seconds)",
+                                  path.name)  # fmt: skip
+            dense_cache.write_dense_copy(path, entry, {"gguf": str(path), "sha256": sha})
+        return str(entry), {"gguf": str(path), "sha256": sha}
+    return str(path), {"path": str(path.resolve())}
+
+
+def _bundled_entry(bundled: BundledModel) -> Path:
+    return dense_cache.dense_entry(f"{bundled.name}-{bundled.sha256[:16]}")
 
 
 def ensure_bundled(bundled: BundledModel) -> Path:
     """The dense copy of a bundled model, assembling and converting it on first use."""
-    entry = dense_cache.dense_entry(f"{bundled.name}-{bundled.sha256[:16]}")
+    entry = _bundled_entry(bundled)
     if dense_cache.is_complete(entry):
         return entry
     chunks = bundled.chunk_paths()
     entry.parent.mkdir(parents=True, exist_ok=True)
     gguf = entry.parent / bundled.gguf_name
-    logger.info("assembling %s from %d chunks and checking its sha256", bundled.name, len(chunks))
+    dense_cache.log_stage(1, "first use of %s: building its dense copy (one-time, about a minute on 2 cores; "
+                          "later loads take seconds); assembling the GGUF from %d chunks, checking its sha256",
+                          bundled.name, len(chunks))  # fmt: skip
     dense_cache.concatenate_verified(chunks, gguf, bundled.sha256)
     try:
         dense_cache.write_dense_copy(gguf, entry, {"bundled": bundled.name, "sha256": bundled.sha256})

