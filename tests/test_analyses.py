@@ -205,10 +205,11 @@ def test_distances_and_silhouette_see_clusters():
 
 def test_embeddings_have_one_point_per_vector_and_are_seeded():
     points, _ = clusters()
-    first, second = embed(points, 3, 5.0), embed(points, 3, 5.0)
+    (first, explained), (second, _) = embed(points, 3, 5.0), embed(points, 3, 5.0)
     for key in ("tsne", "pca"):
         assert first[key].shape == (len(points), 2)
         assert np.array_equal(first[key], second[key])
+    assert len(explained) == 2 and 0 < explained[1] <= explained[0] < 1
 
 
 def test_too_few_vectors_for_tsne_are_refused_naming_the_numbers():
@@ -240,9 +241,22 @@ def test_robustness_end_to_end(tmp_path):
     assert len(points["tsne"]) == len(points["task"]) == 18 and "points" not in json.loads(paths["json"].read_text())
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 4
+    assert len(results["pca_explained_variance"]) == 2
+    assert "only one of its category" not in html  # three algorithmic tasks: the groupings differ
     assert {p.name for p in tmp_path.glob("*.png")} == {"tsne_task.png", "tsne_category.png", "pca_task.png",
                                                         "distances.png"}  # fmt: skip
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_report_says_why_category_and_task_silhouettes_are_equal():
+    from taskvec.report.analysis_render import robustness_blocks
+
+    own = {"silhouette": {"task": 0.5, "category": 0.5},
+           "tasks": {"a": {"category": "algorithmic"}, "b": {"category": "knowledge"}}}  # fmt: skip
+    shared = {"silhouette": {"task": 0.5, "category": None},
+              "tasks": {"a": {"category": "algorithmic"}, "b": {"category": "algorithmic"}}}  # fmt: skip
+    assert any("only one of its category" in str(b) for b in robustness_blocks(own))
+    assert not any("only one of its category" in str(b) for b in robustness_blocks(shared))
 
 
 def test_layers_from_a_run_must_match_the_model(tmp_path):

@@ -81,16 +81,19 @@ def distance_stats(distances: np.ndarray, labels: list[str]) -> dict[str, dict]:
     return out
 
 
-def embed(vectors: np.ndarray, seed: int, perplexity: float) -> dict[str, np.ndarray]:
-    """2-D t-SNE (cosine metric, fixed random_state) and PCA coordinates, one row per vector."""
+def embed(vectors: np.ndarray, seed: int, perplexity: float) -> tuple[dict[str, np.ndarray], list[float]]:
+    """2-D t-SNE (cosine metric, fixed random_state) and PCA coordinates, one row per vector, and the
+    fraction of the vectors' variance along each of the two principal components."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
-    return {
+    pca = PCA(n_components=2, random_state=seed)
+    points = {
         "tsne": tsne.fit_transform(vectors.astype(np.float64)),
-        "pca": PCA(n_components=2, random_state=seed).fit_transform(vectors.astype(np.float64)),
+        "pca": pca.fit_transform(vectors.astype(np.float64)),
     }
+    return points, [float(x) for x in pca.explained_variance_ratio_]
 
 
 def silhouette(distances: np.ndarray, labels: list[str]) -> float | None:
@@ -106,11 +109,13 @@ def silhouette(distances: np.ndarray, labels: list[str]) -> float | None:
 def analyse(vectors: np.ndarray, tasks: list[str], categories: list[str], seed: int, perplexity: float) -> dict:
     """Everything computed from the vectors: distances per task, silhouette scores, 2-D embeddings."""
     distances = cosine_distance_matrix(vectors)
+    points, explained = embed(vectors, seed, perplexity)
     return {
         "silhouette_task": silhouette(distances, tasks),
         "silhouette_category": silhouette(distances, categories),
         "distances": distance_stats(distances, tasks),
-        "embedding": {k: v.tolist() for k, v in embed(vectors, seed, perplexity).items()},
+        "embedding": {k: v.tolist() for k, v in points.items()},
+        "pca_explained_variance": explained,
     }
 
 
@@ -150,6 +155,7 @@ def run_robustness(
     results = run_header(lm, "robustness", config.to_dict(), started)
     results.update(
         silhouette={"task": found["silhouette_task"], "category": found["silhouette_category"]},
+        pca_explained_variance=found["pca_explained_variance"],
         tasks=tasks,
         points={"task": labels, "category": categories, **found["embedding"]},
     )

@@ -18,8 +18,10 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def scatter_by_label(points: Sequence[Sequence[float]], labels: Sequence[str], title: str) -> bytes:
-    """2-D points, one colour per label (legend outside the axes)."""
+def scatter_by_label(
+    points: Sequence[Sequence[float]], labels: Sequence[str], title: str, axis_labels: tuple[str, str]
+) -> bytes:
+    """2-D points, one colour per label (legend outside the axes), axes named by ``axis_labels``."""
     xy = np.asarray(points, dtype=float)
     names = list(dict.fromkeys(labels))
     fig = Figure(figsize=(9, 6), dpi=DPI, layout="constrained")
@@ -29,8 +31,9 @@ def scatter_by_label(points: Sequence[Sequence[float]], labels: Sequence[str], t
         mine = label_arr == name
         ax.scatter(xy[mine, 0], xy[mine, 1], s=12, color=color, label=name, alpha=0.8, linewidths=0)
     ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.tick_params(labelsize=7)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, markerscale=1.5)
     return _png(fig)
 
@@ -51,10 +54,13 @@ def distance_histograms(distances: np.ndarray, labels: Sequence[str]) -> bytes:
         ax.hist(across, bins=bins, density=True, color="#9e9e9e", alpha=0.7, label="across")
         ax.hist(within, bins=bins, density=True, color="#1f77b4", alpha=0.7, label="within")
         ax.set_title(name if len(name) <= 24 else name[:23] + "…", fontsize=9)
-        ax.set_yticks([])
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("cosine distance", fontsize=8)
     axes.flat[0].legend(fontsize=7, frameon=False)
     fig.suptitle("Cosine distance of task vectors: within the task (blue) vs to other tasks (grey)", fontsize=10)
     return _png(fig)

@@ -98,6 +98,16 @@ PLOT_CAPTIONS = {
 }
 
 
+def _same_grouping_note(results: dict[str, Any]) -> list[Block]:
+    """A note when grouping by category is grouping by task (each task its own category): equal scores."""
+    tasks = results.get("tasks") or {}
+    categories = [t.get("category") for t in tasks.values()]
+    if len(tasks) > 1 and len(set(categories)) == len(categories):
+        return [("p", "Each task here is the only one of its category, so grouping by category is the same "
+                      "grouping as by task and the two silhouette scores are equal.")]  # fmt: skip
+    return []
+
+
 def robustness_blocks(results: dict[str, Any]) -> list[Block]:
     sil = results.get("silhouette") or {}
     n = (results.get("config") or {}).get("n_vectors")
@@ -111,6 +121,7 @@ def robustness_blocks(results: dict[str, Any]) -> list[Block]:
             1,
         ),
         ("p", "Silhouette: 1 = tight, well-separated clusters; 0 = overlapping; below 0 = mixed up."),
+        *_same_grouping_note(results),
         ("h2", "Cosine distance within a task vs across tasks"),
     ]
     header = ["Task", "Category", "Layer", "Within (mean ± sd)", "Across (mean ± sd)", "Within/across"]
@@ -207,10 +218,14 @@ def write_robustness(out_dir: str | os.PathLike[str], results: dict[str, Any], v
 
     points = results["points"]
     model = (results.get("model") or {}).get("id")
+    tsne_axes = ("t-SNE dimension 1", "t-SNE dimension 2")
+    pca_axes = tuple(f"PC{i + 1} ({share:.1%} of variance)" for i, share in
+                     enumerate(results.get("pca_explained_variance") or [float("nan")] * 2))  # fmt: skip
     plots = {
-        "tsne_task": scatter_by_label(points["tsne"], points["task"], f"t-SNE of task vectors by task ({model})"),
-        "tsne_category": scatter_by_label(points["tsne"], points["category"], f"t-SNE by category ({model})"),
-        "pca_task": scatter_by_label(points["pca"], points["task"], f"PCA of task vectors by task ({model})"),
+        "tsne_task": scatter_by_label(points["tsne"], points["task"], f"t-SNE by task ({model})", tsne_axes),
+        "tsne_category": scatter_by_label(points["tsne"], points["category"], f"t-SNE by category ({model})",
+                                          tsne_axes),
+        "pca_task": scatter_by_label(points["pca"], points["task"], f"PCA by task ({model})", pca_axes),
         "distances": distance_histograms(cosine_distance_matrix(vectors.numpy()), points["task"]),
     }
     out = Path(out_dir)
