@@ -302,11 +302,12 @@ def test_skipping_lower_blocks_is_verified_and_can_be_turned_off(lm):
 def test_skip_blocks_restores_forward_even_on_error(lm):
     blocks = lm.adapter.layers
     originals = [block.forward for block in blocks]
+    own = [block.__dict__.get("forward") for block in blocks]  # some transformers versions set one per instance
     with pytest.raises(RuntimeError, match="boom"), skip_blocks(blocks, len(blocks) - 1, None):
         assert blocks[0].forward(torch.ones(1)) is not None
         raise RuntimeError("boom")
     assert [block.forward for block in blocks] == originals
-    assert all("forward" not in block.__dict__ for block in blocks)
+    assert [block.__dict__.get("forward") for block in blocks] == own
 
 
 @pytest.mark.parametrize("max_rows", [3, 1, 256], ids=["max_rows3", "max_rows1", "default"])
@@ -540,7 +541,8 @@ def _expected_parts(lm):
     if family in ("gpt2", "gptj"):
         return model.transformer.h, model.transformer.ln_f, model.lm_head
     if family == "gpt_neox":
-        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm, model.lm_head
+        head = model.lm_head if hasattr(model, "lm_head") else model.embed_out  # renamed in transformers 5.x
+        return model.gpt_neox.layers, model.gpt_neox.final_layer_norm, head
     raise AssertionError(family)
 
 
