@@ -98,3 +98,10 @@ def test_readme_examples_run_as_written(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         output = f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
         assert done.returncode == 0, f"{example} failed:\n{example.code}\n{output}"
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_command = next(e.code.strip() for e in examples() if "pytest" in e.code and "pip install" in e.code)
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert test_command in ci.splitlines(), "the README's test command and .ci/run differ"
+    assert "-c constraints.txt" in test_command
