@@ -15,8 +15,9 @@ ORDER = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860; 0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; the app has no login)")  # fmt: skip
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; no login)"
+    )
     add_dtype_argument(parser)
     add_device_argument(parser)
 

@@ -118,6 +118,7 @@ def _best_layer(correct: list[list[bool | None]], probs: list[list[float | None]
     first); with no scored query, the layer agreeing most with the ICL answers."""
     scored = [j for j, c in enumerate(correct[0]) if c is not None]
     if scored:
+
         def key(i: int):
             mean_p = sum(probs[i][j] or 0.0 for j in scored) / len(scored)
             return (sum(bool(correct[i][j]) for j in scored), mean_p, -i)
@@ -151,8 +152,9 @@ def analyse(
     zero_shot = compute.greedy_answers(lm, [template.query_prompt(x) for x in inputs])
     report(0.30, "patching theta at every layer")
     gold_ids = [r[2] if r else None for r in rules]
-    grid, probs = compute.patched_grid(lm, theta, template, inputs, gold_ids,
-                                       step=lambda f: report(0.30 + 0.6 * f, "patching theta at every layer"))  # fmt: skip
+    grid, probs = compute.patched_grid(
+        lm, theta, template, inputs, gold_ids, step=lambda f: report(0.30 + 0.6 * f, "patching theta at every layer")
+    )
 
     def score(prediction: str, j: int) -> bool | None:
         return None if rules[j] is None else is_correct(prediction, rules[j][0], rules[j][1])
@@ -181,8 +183,14 @@ def analyse(
         "demonstrations": [list(d) for d in demos],
         "notices": notices,
         "answers": answers,
-        "heatmap": {"layers": list(range(lm.num_layers)), "queries": inputs, "predictions": grid,
-                    "correct": correct, "gold_prob": probs, "accuracy": accuracy},  # fmt: skip
+        "heatmap": {
+            "layers": list(range(lm.num_layers)),
+            "queries": inputs,
+            "predictions": grid,
+            "correct": correct,
+            "gold_prob": probs,
+            "accuracy": accuracy,
+        },
         "best_layer": best,
         "best_layer_basis": basis,
         "projection": [[{"token": t, "logit": round(v, 3)} for t, v in row] for row in projection],
@@ -201,8 +209,10 @@ def apply_uploaded(lm: LoadedModel, data: bytes, queries: object) -> dict:
     rules = _score_rules(lm, setup, qs, notices)
     rows = []
     for q, t, z, rule in zip(qs, patched, zero_shot, rules):
-        correct = {k: None if rule is None else is_correct(v, rule[0], rule[1]) for k, v in (("task_vector", t),
-                                                                                             ("zero_shot", z))}
+        correct = {
+            k: None if rule is None else is_correct(v, rule[0], rule[1])
+            for k, v in (("task_vector", t), ("zero_shot", z))
+        }
         rows.append({"query": q.input, "gold": q.gold, "task_vector": t, "zero_shot": z, "correct": correct})
     return {
         "layer": theta.layer,

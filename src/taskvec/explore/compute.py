@@ -28,6 +28,7 @@ from taskvec.models.loading import LoadedModel
 
 GRID_ROWS = 64  # (layer, query) rows per patched forward of the heatmap
 
+
 def extract(
     lm: LoadedModel, demonstrations: Sequence[tuple[str, str]], template: PromptTemplate, dummies: Sequence[str] | None
 ) -> TaskVector:

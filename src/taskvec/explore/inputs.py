@@ -50,8 +50,8 @@ def _lines(text: object, what: str, limit: int) -> tuple[list[tuple[int, str]], 
     if blank:
         notices.append(f"{what}: skipped {blank} empty line{'s' if blank > 1 else ''}")
     if not lines:
-        raise ExploreInputError(f"{what}: nothing entered; write one per line as `input -> output`"
-                                if what == "demonstrations" else f"{what}: nothing entered; write one per line")  # fmt: skip
+        form = "`input -> output`" if what == "demonstrations" else "`input` or `input -> gold`"
+        raise ExploreInputError(f"{what}: nothing entered; write one per line as {form}")
     if len(lines) > limit:
         raise ExploreInputError(f"{what}: {len(lines)} lines; at most {limit} are accepted")
     for number, line in lines:
