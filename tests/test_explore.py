@@ -217,3 +217,26 @@ def test_bad_uploads_are_clear_errors(tiny, result):
     other = make_tiny_model("qwen2")
     with pytest.raises(TaskvecError, match="extracted from 'tiny-llama'"):
         analysis.apply_uploaded(other, compute.task_vector_bytes(result["_task_vector"]), "a")
+
+
+def test_cached_heatmap_equals_plain_patched_forwards_in_every_family(lm):
+    """The heatmap reuses each query's key/value cache; its answers and probabilities are those of whole
+    patched forward passes (and of the engine's sweep) in every architecture family."""
+    from taskvec.engine.batching import collate, encode
+    from taskvec.engine.forward import next_token_logits, patches_for_rows
+    from taskvec.engine.hooks import patch_last_position
+
+    out = analysis.analyse(lm, DEMOS, "f -> g\ngg -> h\nxyz -> k")
+    theta = out["_task_vector"]
+    template = compute.template_of(theta)
+    queries = out["heatmap"]["queries"]
+    assert layer_sweep(lm, theta, queries).predictions == out["heatmap"]["predictions"]
+    prompts = [template.query_prompt(q) for q in queries]
+    gold = [ids[0] for ids in compute.answer_tokens(lm, template, [("f", "g"), ("gg", "h"), ("xyz", "k")])]
+    for layer in range(lm.num_layers):
+        batch = collate(lm, encode(lm, prompts))
+        vectors = theta.vectors[layer].expand(len(prompts), -1)
+        with patch_last_position(lm.adapter.layers, patches_for_rows([layer] * len(prompts), vectors)):
+            probs = torch.softmax(next_token_logits(lm, batch), dim=-1)
+        expected = [probs[j, g].item() for j, g in enumerate(gold)]
+        assert out["heatmap"]["gold_prob"][layer] == pytest.approx(expected, rel=1e-3, abs=1e-6)

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import torch
 
-from taskvec.engine.batching import chunks, collate, encode
+from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.extraction import extract_task_vector
 from taskvec.engine.forward import decode_predictions, next_token_logits, patches_for_rows, predict_token_ids
 from taskvec.engine.hooks import patch_last_position
 from taskvec.engine.patching import apply_task_vector, template_of
 from taskvec.engine.projection import projected_top_tokens
 from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
 from taskvec.engine.validation import answer_token_counts
+from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
-GRID_ROWS = 64  # (layer, query) rows per patched forward of the heatmap
+GRID_ROWS = 64  # (layer, query) rows per last-token forward of the heatmap
 
 
 def extract(
@@ -66,34 +68,51 @@ def patched_grid(
 ) -> tuple[list[list[str]], list[list[float | None]]]:
     """For each layer l and query q: the greedy answer with theta[l] patched into ``q``'s last position,
     and the probability of ``gold_ids[q]`` (None where no gold token is known). ``step(fraction done)`` is
-    called between forward passes (it may raise to cancel)."""
-    layers = list(range(lm.num_layers))
-    rows = encode(lm, [template.query_prompt(q) for q in queries])
-    cells = [(layer, q) for layer in layers for q in range(len(queries))]  # layer-major
-    ids = torch.empty(len(cells), dtype=torch.long)
-    probs = torch.full((len(cells),), float("nan"))
+    called between forward passes (it may raise to cancel).
+
+    As in the engine's sweep, the keys and values of each query prompt without its last token are the same
+    at every layer: they are computed once, then only the last token runs per layer (``GRID_ROWS`` rows of
+    (layer, query) per forward), with full logits for the probabilities.
+    """
+    n, layers = len(queries), list(range(lm.num_layers))
+    batch = collate(lm, encode(lm, [template.query_prompt(q) for q in queries]))
+    if batch.input_ids.shape[1] < 2:
+        raise TaskvecError("every query prompt needs at least two tokens")
+    prefix = lm.adapter.base_model(
+        input_ids=batch.input_ids[:, :-1],
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=batch.position_ids[:, :-1],
+        use_cache=True,
+    ).past_key_values
     gold = torch.tensor([-1 if g is None else g for g in gold_ids], dtype=torch.long)
-    for part in chunks(len(cells), GRID_ROWS):
-        picked = cells[part]
-        batch = collate(lm, [rows[q] for _, q in picked])
-        vectors = torch.stack([theta.vectors[layer] for layer, _ in picked])
-        with patch_last_position(lm.adapter.layers, patches_for_rows([layer for layer, _ in picked], vectors)):
-            logits = next_token_logits(lm, batch)
-        ids[part] = logits.argmax(dim=-1)
-        wanted = gold[[q for _, q in picked]]
-        known = wanted >= 0
+    ids = torch.empty(len(layers), n, dtype=torch.long)
+    probs = torch.full((len(layers), n), float("nan"))
+    per_forward = max(1, GRID_ROWS // n)  # layers per last-token forward
+    for part in chunks(len(layers), per_forward):
+        chunk = layers[part]
+        k = len(chunk)
+        cache = fork_cache(prefix)
+        if k > 1:
+            cache.batch_repeat_interleave(k)  # rows: query-major, then layer
+        last = Batch(
+            input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
+            attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+            position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
+        )
+        vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
+        with patch_last_position(lm.adapter.layers, patches_for_rows(chunk * n, vectors)):
+            logits = next_token_logits(lm, last, past_key_values=cache).view(n, k, -1)
+        ids[part] = logits.argmax(dim=-1).T
+        known = gold >= 0
         if bool(known.any()):
-            p = torch.softmax(logits[known], dim=-1)
-            chunk_probs = probs[part].clone()
-            chunk_probs[known] = p.gather(1, wanted[known].unsqueeze(1)).squeeze(1)
-            probs[part] = chunk_probs
+            p = torch.softmax(logits[known], dim=-1)  # (known, k, V)
+            index = gold[known].view(-1, 1, 1).expand(-1, k, 1)
+            probs[part, known] = p.gather(2, index).squeeze(2).T
         if step is not None:
-            step(part.stop / len(cells))
-    words = decode_predictions(lm, ids)
-    n = len(queries)
-    predictions = [words[i * n : (i + 1) * n] for i in layers]
-    values = [None if v != v else float(v) for v in probs.tolist()]  # NaN -> None
-    return predictions, [values[i * n : (i + 1) * n] for i in layers]
+            step(part.stop / len(layers))
+    predictions = [decode_predictions(lm, row) for row in ids]
+    values = [[None if v != v else float(v) for v in row] for row in probs.tolist()]  # NaN -> None
+    return predictions, values
 
 
 def layer_top_tokens(lm: LoadedModel, theta: TaskVector, k: int) -> list[list[tuple[str, float]]]:
