@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise TaskvecError(f"--port must be 0..65535, got {args.port}")
     try:
-        from taskvec.explore.server import bind, serve
+        from taskvec.explore.server import bind, is_loopback, serve, url_of
     except ImportError as exc:
         raise TaskvecError(f"taskvec explore needs its web packages ({exc.name} is missing): "
                            "pip install 'taskvec[explore]'") from None  # fmt: skip
@@ -37,4 +37,7 @@ def run(args: argparse.Namespace) -> None:
     sock = bind(args.host, args.port)  # a taken port fails now, before the model loads
     print(f"loading {args.model} ...", file=sys.stderr)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    print(f"taskvec explore: serving {lm.model_id} at {url_of(sock)} (Ctrl-C stops it)", flush=True)
+    if not is_loopback(sock):
+        print("taskvec explore: listening beyond this machine, and the app has no login", file=sys.stderr, flush=True)
     serve(lm, sock)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import socket
-import sys
 
 import uvicorn
 
@@ -13,8 +11,6 @@ from taskvec.errors import TaskvecError
 from taskvec.explore.app import create_app
 from taskvec.explore.jobs import JobRunner
 from taskvec.models.loading import LoadedModel
-
-logger = logging.getLogger(__name__)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -36,6 +32,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     if ipaddress.ip_address(host).is_unspecified:
@@ -44,16 +44,11 @@ def url_of(sock: socket.socket) -> str:
 
 
 def serve(lm: LoadedModel, sock: socket.socket) -> None:
-    """Serve the explorer for ``lm`` on ``sock`` until interrupted; prints the URL once it is listening."""
+    """Serve the explorer for ``lm`` on ``sock`` until interrupted (uvicorn handles Ctrl-C)."""
     runner = JobRunner()
-    app = create_app(lm, runner)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    print(f"taskvec explore: serving {lm.model_id} at {url_of(sock)} (Ctrl-C stops it)", flush=True)
-    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
-        print("taskvec explore: listening beyond this machine; the app has no login", file=sys.stderr, flush=True)
+    config = uvicorn.Config(create_app(lm, runner), log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     try:
-        server.run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         runner.shutdown()
         sock.close()
