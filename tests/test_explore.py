@@ -240,3 +240,16 @@ def test_cached_heatmap_equals_plain_patched_forwards_in_every_family(lm):
             probs = torch.softmax(next_token_logits(lm, batch), dim=-1)
         expected = [probs[j, g].item() for j, g in enumerate(gold)]
         assert out["heatmap"]["gold_prob"][layer] == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+
+def test_results_do_not_depend_on_how_the_work_is_chunked(tiny, result, monkeypatch):
+    monkeypatch.setattr(compute, "GRID_ROWS", 3)  # 4 queries: groups of 3 and 1, one layer per forward
+    monkeypatch.setattr(analysis, "ANSWER_CHUNK", 3)
+    steps = []
+    again = analysis.analyse(tiny, DEMOS, QUERIES, report=lambda f, m: steps.append(m))
+    assert steps.count("patching theta at every layer") > tiny.num_layers
+    assert again["answers"] == result["answers"]
+    assert again["heatmap"]["predictions"] == result["heatmap"]["predictions"]
+    for row_a, row_b in zip(again["heatmap"]["gold_prob"], result["heatmap"]["gold_prob"]):
+        assert [a is None for a in row_a] == [b is None for b in row_b]
+        assert [a for a in row_a if a is not None] == pytest.approx([b for b in row_b if b is not None], rel=1e-4)

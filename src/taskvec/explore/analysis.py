@@ -25,6 +25,7 @@ from taskvec.tasks.scoring import is_correct
 logger = logging.getLogger(__name__)
 
 TOP_K = 8  # tokens of theta's vocabulary projection listed per layer
+ANSWER_CHUNK = 16  # prompts per call for the ICL and zero-shot answers (progress and cancel in between)
 Report = Callable[[float, str], None]  # (fraction done, what is running); may raise Cancelled
 
 
@@ -128,6 +129,15 @@ def _best_layer(correct: list[list[bool | None]], probs: list[list[float | None]
     return best, "agreement with the ICL answers (no gold answers given)"
 
 
+def _answers(lm: LoadedModel, prompts: list[str], report: Report, span: tuple[float, float], what: str) -> list[str]:
+    """Greedy answers in chunks of ``ANSWER_CHUNK`` prompts, reporting (and so allowing cancel) between."""
+    out: list[str] = []
+    for start in range(0, len(prompts), ANSWER_CHUNK):
+        report(span[0] + (span[1] - span[0]) * start / len(prompts), what)
+        out += compute.greedy_answers(lm, prompts[start : start + ANSWER_CHUNK])
+    return out
+
+
 def analyse(
     lm: LoadedModel, demonstrations: object, queries: object, task: str | None = None, report: Report | None = None
 ) -> dict:
@@ -146,11 +156,8 @@ def analyse(
     report(0.05, "extracting the task vector")
     theta = compute.extract(lm, demos, template, setup.dummies)
     inputs = [q.input for q in qs]
-    report(0.15, "ICL answers")
-    icl = compute.greedy_answers(lm, [template.icl_prompt(demos, x) for x in inputs])
-    report(0.25, "zero-shot answers")
-    zero_shot = compute.greedy_answers(lm, [template.query_prompt(x) for x in inputs])
-    report(0.30, "patching theta at every layer")
+    icl = _answers(lm, [template.icl_prompt(demos, x) for x in inputs], report, (0.15, 0.25), "ICL answers")
+    zero_shot = _answers(lm, [template.query_prompt(x) for x in inputs], report, (0.25, 0.30), "zero-shot answers")
     gold_ids = [r[2] if r else None for r in rules]
     grid, probs = compute.patched_grid(
         lm, theta, template, inputs, gold_ids, step=lambda f: report(0.30 + 0.6 * f, "patching theta at every layer")

@@ -74,45 +74,58 @@ def patched_grid(
     at every layer: they are computed once, then only the last token runs per layer (``GRID_ROWS`` rows of
     (layer, query) per forward), with full logits for the probabilities.
     """
-    n, layers = len(queries), list(range(lm.num_layers))
-    batch = collate(lm, encode(lm, [template.query_prompt(q) for q in queries]))
-    if batch.input_ids.shape[1] < 2:
+    rows = encode(lm, [template.query_prompt(q) for q in queries])
+    if min(len(r) for r in rows) < 2:
         raise TaskvecError("every query prompt needs at least two tokens")
-    prefix = lm.adapter.base_model(
-        input_ids=batch.input_ids[:, :-1],
-        attention_mask=batch.attention_mask[:, :-1],
-        position_ids=batch.position_ids[:, :-1],
-        use_cache=True,
-    ).past_key_values
+    n_layers = lm.num_layers
     gold = torch.tensor([-1 if g is None else g for g in gold_ids], dtype=torch.long)
-    ids = torch.empty(len(layers), n, dtype=torch.long)
-    probs = torch.full((len(layers), n), float("nan"))
-    per_forward = max(1, GRID_ROWS // n)  # layers per last-token forward
-    for part in chunks(len(layers), per_forward):
-        chunk = layers[part]
-        k = len(chunk)
-        cache = fork_cache(prefix)
-        if k > 1:
-            cache.batch_repeat_interleave(k)  # rows: query-major, then layer
-        last = Batch(
-            input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-            attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-            position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-        )
-        vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
-        with patch_last_position(lm.adapter.layers, patches_for_rows(chunk * n, vectors)):
-            logits = next_token_logits(lm, last, past_key_values=cache).view(n, k, -1)
-        ids[part] = logits.argmax(dim=-1).T
-        known = gold >= 0
-        if bool(known.any()):
-            p = torch.softmax(logits[known], dim=-1)  # (known, k, V)
-            index = gold[known].view(-1, 1, 1).expand(-1, k, 1)
-            probs[part, known] = p.gather(2, index).squeeze(2).T
+    ids = torch.empty(n_layers, len(rows), dtype=torch.long)
+    probs = torch.full((n_layers, len(rows)), float("nan"))
+    group_size = min(len(rows), GRID_ROWS)  # queries sharing one prefix forward
+    per_forward = max(1, GRID_ROWS // group_size)  # layers per last-token forward
+    steps = [(g, part) for g in chunks(len(rows), group_size) for part in chunks(n_layers, per_forward)]
+    prefix, batch = None, None
+    for done, (group, part) in enumerate(steps, start=1):
+        if part.start == 0:  # a new group of queries: the keys and values of all but their last token
+            batch = collate(lm, rows[group])
+            prefix = lm.adapter.base_model(
+                input_ids=batch.input_ids[:, :-1],
+                attention_mask=batch.attention_mask[:, :-1],
+                position_ids=batch.position_ids[:, :-1],
+                use_cache=True,
+            ).past_key_values
+        assert batch is not None
+        ids[part, group], probs[part, group] = _last_token(lm, theta, batch, prefix, list(range(n_layers))[part],
+                                                           gold[group])  # fmt: skip
         if step is not None:
-            step(part.stop / len(layers))
+            step(done / len(steps))
     predictions = [decode_predictions(lm, row) for row in ids]
     values = [[None if v != v else float(v) for v in row] for row in probs.tolist()]  # NaN -> None
     return predictions, values
+
+
+def _last_token(lm: LoadedModel, theta: TaskVector, batch: Batch, prefix, chunk: list[int], gold: torch.Tensor):
+    """Argmax ids and gold probabilities (len(chunk), n) of the batch's last tokens with theta[l] patched
+    for each layer l of ``chunk``: one forward of n * len(chunk) rows over a fork of the prefix cache."""
+    n, k = len(batch), len(chunk)
+    cache = fork_cache(prefix)
+    if k > 1:
+        cache.batch_repeat_interleave(k)  # rows: query-major, then layer
+    last = Batch(
+        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
+        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
+    )
+    vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
+    with patch_last_position(lm.adapter.layers, patches_for_rows(chunk * n, vectors)):
+        logits = next_token_logits(lm, last, past_key_values=cache).view(n, k, -1)
+    probs = torch.full((k, n), float("nan"))
+    known = gold >= 0
+    if bool(known.any()):
+        p = torch.softmax(logits[known], dim=-1)  # (known, k, V)
+        index = gold[known].view(-1, 1, 1).expand(-1, k, 1)
+        probs[:, known] = p.gather(2, index).squeeze(2).T
+    return logits.argmax(dim=-1).T, probs
 
 
 def layer_top_tokens(lm: LoadedModel, theta: TaskVector, k: int) -> list[list[tuple[str, float]]]:
