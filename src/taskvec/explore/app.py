@@ -45,9 +45,13 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 
 
 async def _json_body(request: Request, limit: int = MAX_BODY) -> dict:
-    body = await request.body()
-    if len(body) > limit:
-        raise TaskvecError(f"request of {len(body)} bytes is too large; at most {limit} bytes are accepted")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # stop reading as soon as the limit is passed
+        size += len(chunk)
+        if size > limit:
+            raise TaskvecError(f"request of more than {limit} bytes is too large; at most {limit} are accepted")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         data = json.loads(body or b"{}")
     except (ValueError, RecursionError):
