@@ -26,6 +26,7 @@ from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
 from taskvec.engine.validation import answer_token_counts
 from taskvec.errors import TaskvecError
+from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 GRID_ROWS = 64  # (layer, query) rows per last-token forward of the heatmap
@@ -88,12 +89,14 @@ def patched_grid(
     for done, (group, part) in enumerate(steps, start=1):
         if part.start == 0:  # a new group of queries: the keys and values of all but their last token
             batch = collate(lm, rows[group])
-            prefix = lm.adapter.base_model(
-                input_ids=batch.input_ids[:, :-1],
-                attention_mask=batch.attention_mask[:, :-1],
-                position_ids=batch.position_ids[:, :-1],
-                use_cache=True,
-            ).past_key_values
+            prefix = returned_cache(
+                lm.adapter.base_model(
+                    input_ids=batch.input_ids[:, :-1],
+                    attention_mask=batch.attention_mask[:, :-1],
+                    position_ids=batch.position_ids[:, :-1],
+                    use_cache=True,
+                )
+            )
         assert batch is not None
         ids[part, group], probs[part, group] = _last_token(lm, theta, batch, prefix, list(range(n_layers))[part],
                                                            gold[group])  # fmt: skip
@@ -118,7 +121,7 @@ def _last_token(lm: LoadedModel, theta: TaskVector, batch: Batch, prefix, chunk:
     )
     vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
     with patch_last_position(lm.adapter.layers, patches_for_rows(chunk * n, vectors)):
-        logits = next_token_logits(lm, last, past_key_values=cache).view(n, k, -1)
+        logits = next_token_logits(lm, last, cache=cache).view(n, k, -1)
     probs = torch.full((k, n), float("nan"))
     known = gold >= 0
     if bool(known.any()):
