@@ -31,6 +31,7 @@ from taskvec.heads.function_vector import head_contributions
 from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
 from taskvec.heads.selection import added_vector_token_ids
 from taskvec.heads.sites import frozen_norm, rms
+from taskvec.models.precision import MixedLinear, enable_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -245,3 +246,22 @@ def test_sdpa_attention_same_sites_and_exact_own_patch(family):
         clean = _full_forward(lm, PROMPTS)
     own = [HeadPatch(r, s.layer, j, store[s.layer][r, j]) for s in sites for j in range(s.n_heads) for r in (0, 1)]
     assert torch.equal(_full_forward(lm, PROMPTS, own), clean)
+
+
+def test_sites_under_mixed_precision():
+    lm = make_tiny_model("qwen2", seed=7)  # its own instance: mixed precision changes the modules
+    enable_mixed_precision(lm.adapter.layers)
+    sites = head_sites(lm)
+    assert all(isinstance(s.out_proj, MixedLinear) for s in sites)
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [s.out_proj.register_forward_hook(lambda m, a, o, i=s.layer: outputs.__setitem__(i, o[:, -1].detach()))
+               for s in sites]  # fmt: skip
+    store: dict[int, torch.Tensor] = {}
+    try:
+        with capture_head_outputs(sites, store):
+            _full_forward(lm, PROMPTS)
+    finally:
+        for h in handles:
+            h.remove()
+    for site in sites:  # bfloat16 products in the model, float32 here
+        torch.testing.assert_close(attention_output(site, store[site.layer]), outputs[site.layer], rtol=0.05, atol=0.05)

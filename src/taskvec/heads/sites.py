@@ -29,6 +29,7 @@ from transformers.pytorch_utils import Conv1D
 
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.models.precision import MixedLinear
 
 ATTENTION_NAMES = ("attn", "attention")
 
@@ -43,7 +44,7 @@ class HeadSite:
 
     layer: int
     attention: nn.Module
-    out_proj: nn.Module  # nn.Linear (weight (out, in)) or transformers' Conv1D (weight (in, out))
+    out_proj: nn.Module  # nn.Linear/MixedLinear (weight (out, in)) or transformers' Conv1D (weight (in, out))
     n_heads: int
     head_dim: int
     post_norm: nn.Module | None  # a norm between the attention output and the residual add, if any
@@ -107,7 +108,7 @@ def _attention_module(block: nn.Module, layer: int) -> nn.Module:
 
 
 def _is_projection(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
+    return isinstance(module, (nn.Linear, Conv1D, MixedLinear))  # MixedLinear: a Linear under --dtype mixed
 
 
 def _is_norm(module: nn.Module) -> bool:
