@@ -1,7 +1,7 @@
 """Cost of head attribution per task (and, with ``--fv``, a small function-vector probe).
 
     OMP_NUM_THREADS=1 python bench/bench_heads.py [--model gemma-3-270m] [--tasks to_upper]
-        [--n-clean 10] [--n-corrupted 10] [--shots 5] [--fv --n-dev 12 --n-test 26 --layers 5-12]
+        [--n-clean 10] [--n-corrupted 10] [--shots 5] [--fv --n-dev 8 --n-test 10 --layers 5-12]
 
 Per task: mean head outputs on ``--n-clean`` clean ICL prompts (one forward each, batched), then the AIE of
 every head on ``--n-corrupted`` shuffled-label prompts: one cached prefix forward per prompt group and
@@ -100,7 +100,8 @@ def run_task(lm, name: str, args) -> None:
           + ", ".join(f"L{li}H{j} ({float(att.aie[li, j]):+.4f})" for li, j in att.top_heads(5)))  # fmt: skip
     factor = (rows_7b / rows) * (big / here)
     print(f"7B extrapolation (CPU-bound, this machine): {rows_7b} rows x {big / 1e9:.1f} GFLOP/row vs {rows} x "
-          f"{here / 1e9:.2f} here -> ~{factor:.0f}x = ~{wall * factor / 60:.0f} min per task")  # fmt: skip
+          f"{here / 1e9:.2f} here -> ~{factor:.0f}x = ~{cpu * factor / 60:.0f} min of one core's CPU time per task "
+          f"(~{2 * rows_7b * big / 1e12:.0f} TFLOP incl. prefixes: seconds on one GPU)")  # fmt: skip
     if not args.fv:
         return
     first, last = (int(v) for v in args.layers.split("-"))
@@ -131,8 +132,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fv", action="store_true", help="also choose and test a function vector")
-    parser.add_argument("--n-dev", type=int, default=12)
-    parser.add_argument("--n-test", type=int, default=26)
+    parser.add_argument("--n-dev", type=int, default=8)
+    parser.add_argument("--n-test", type=int, default=10)
     parser.add_argument("--layers", default="5-12", help="layers the FV may be added at (dev sweep), FIRST-LAST")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
