@@ -101,7 +101,7 @@ def run_task(lm, name: str, args) -> None:
     factor = (rows_7b / rows) * (big / here)
     print(f"7B extrapolation (CPU-bound, this machine): {rows_7b} rows x {big / 1e9:.1f} GFLOP/row vs {rows} x "
           f"{here / 1e9:.2f} here -> ~{factor:.0f}x = ~{cpu * factor / 60:.0f} min of one core's CPU time per task "
-          f"(~{2 * rows_7b * big / 1e12:.0f} TFLOP incl. prefixes: seconds on one GPU)")  # fmt: skip
+          f"(~{rows_7b * big / 1e12:.0f} TFLOP in the last-token rows: seconds on one GPU)")  # fmt: skip
     if not args.fv:
         return
     first, last = (int(v) for v in args.layers.split("-"))
