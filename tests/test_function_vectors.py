@@ -30,7 +30,7 @@ from taskvec.heads.examples import IclExample, first_answer_tokens, shuffle_labe
 from taskvec.heads.function_vector import head_contributions
 from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
 from taskvec.heads.selection import added_vector_token_ids
-from taskvec.heads.sites import frozen_norm, rms
+from taskvec.heads.sites import HeadSiteError, check_rms_type, frozen_norm, rms
 from taskvec.models.precision import MixedLinear, enable_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -265,3 +265,32 @@ def test_sites_under_mixed_precision():
             h.remove()
     for site in sites:  # bfloat16 products in the model, float32 here
         torch.testing.assert_close(attention_output(site, store[site.layer]), outputs[site.layer], rtol=0.05, atol=0.05)
+
+
+def test_frozen_norm_needs_an_rms_type_norm():
+    rms_norm = torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        rms_norm.weight.uniform_(0.5, 2.0)
+    check_rms_type(rms_norm, 16, 0)
+    x = torch.randn(16)
+    torch.testing.assert_close(frozen_norm(rms_norm, x, 2.0), rms_norm.weight.detach() * x / 2.0, rtol=1e-4, atol=1e-5)
+    with pytest.raises(HeadSiteError, match="not an RMS-type norm"):
+        check_rms_type(torch.nn.LayerNorm(16), 16, 3)
+
+
+def test_bad_inputs_name_the_value():
+    lm = make_tiny_model("llama")
+    with pytest.raises(TaskvecError, match="3 pairs cannot give 4 demonstrations"):
+        sample_icl_examples(PAIRS[:3], 1, 4)
+    with pytest.raises(TaskvecError, match="n_examples=0"):
+        sample_icl_examples(PAIRS, 0, 2)
+    with pytest.raises(TaskvecError, match="answer ''"):
+        first_answer_tokens(lm, DEFAULT_TEMPLATE, [IclExample((("a", "A"), ("b", "B")), "c", "")])
+    with pytest.raises(TaskvecError, match="no corrupted prompts"):
+        head_attribution(lm, sample_icl_examples(PAIRS, 1, 2), [], DEFAULT_TEMPLATE)
+    with pytest.raises(TaskvecError, match="cannot be averaged"):
+        average_aie([_fake(torch.zeros(2, 2)), _fake(torch.zeros(3, 2))])
+
+
+def _fake(aie: torch.Tensor):
+    return type("A", (), {"aie": aie})()

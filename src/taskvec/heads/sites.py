@@ -182,6 +182,7 @@ def norm_eps(norm: nn.Module) -> float:
     return 0.0
 
 
+@torch.no_grad()
 def frozen_norm(norm: nn.Module, x: torch.Tensor, typical_rms: torch.Tensor | float) -> torch.Tensor:
     """The post-attention norm as a linear map, its scale frozen at ``typical_rms``.
 
@@ -196,6 +197,7 @@ def frozen_norm(norm: nn.Module, x: torch.Tensor, typical_rms: torch.Tensor | fl
     return out * rms(x, eps) / typical_rms
 
 
+@torch.no_grad()
 def check_rms_type(norm: nn.Module, hidden: int, layer: int) -> None:
     """Raise unless ``N(x) * rms(x)`` is linear in x (true of RMS norms, not of LayerNorm with centring/bias)."""
     gen = torch.Generator().manual_seed(0)
