@@ -26,8 +26,8 @@ from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KS = (2, 5, 10)
-DEFAULT_SCALES = (1.0, 2.0, 4.0)
+DEFAULT_KS = (1, 2, 5, 10)
+DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @torch.no_grad()
