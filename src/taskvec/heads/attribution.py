@@ -44,7 +44,7 @@ class MeanHeadOutputs:
 class HeadAttribution:
     """One task's (or an average over tasks') head attribution."""
 
-    aie: torch.Tensor  # (L, n_heads) mean rise in p(gold first token)
+    aie: torch.Tensor  # (L, n_heads) mean rise in p(gold first token); NaN for heads not tested
     mean_outputs: MeanHeadOutputs
     baseline_probability: float  # mean p(gold first token) of the unpatched corrupted prompts
     n_corrupted: int
@@ -55,7 +55,7 @@ class HeadAttribution:
 
     def to_dict(self) -> dict:
         return {
-            "aie": [[round(float(v), 6) for v in row] for row in self.aie],
+            "aie": [[None if torch.isnan(v) else round(float(v), 6) for v in row] for row in self.aie],
             "baseline_probability": self.baseline_probability,
             "n_clean": self.mean_outputs.n_prompts,
             "n_corrupted": self.n_corrupted,
@@ -63,11 +63,13 @@ class HeadAttribution:
 
 
 def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The ``k`` (layer, head) pairs with the largest values of ``aie`` (L, n_heads), best first."""
+    """The ``k`` (layer, head) pairs with the largest values of ``aie`` (L, n_heads), best first; untested
+    heads (NaN) are never chosen."""
     n_layers, n_heads = aie.shape
-    if not 1 <= k <= n_layers * n_heads:
-        raise TaskvecError(f"k={k!r} heads; expected 1..{n_layers * n_heads} (this model's number of heads)")
-    flat = [(-float(aie[li, j]), li, j) for li in range(n_layers) for j in range(n_heads)]
+    tested = ~torch.isnan(aie)
+    flat = [(-float(aie[li, j]), li, j) for li in range(n_layers) for j in range(n_heads) if tested[li, j]]
+    if not 1 <= k <= len(flat):
+        raise TaskvecError(f"k={k!r} heads; expected 1..{len(flat)} (the heads with an attribution)")
     return [(li, j) for _, li, j in sorted(flat)[:k]]
 
 
@@ -117,7 +119,7 @@ def head_attribution(
     max_rows: int = DEFAULT_MAX_ROWS,
     batch_size: int = 16,
 ) -> HeadAttribution:
-    """AIE of each head in ``heads`` (default: all) for one task; untested heads get AIE 0.
+    """AIE of each head in ``heads`` (default: all) for one task; untested heads get NaN.
 
     ``clean`` gives the mean head outputs; ``corrupted`` are shuffled-label examples (see
     :func:`taskvec.heads.examples.shuffled_examples`) whose gold answer's first token is scored.
@@ -135,12 +137,13 @@ def head_attribution(
     probs = patched_gold_probabilities(lm, [e.prompt(template) for e in corrupted], gold, tested, means.means,
                                        max_rows=max_rows)  # fmt: skip
     rise = probs[:, 1:] - probs[:, :1]  # (P, len(tested))
-    aie = torch.zeros(len(sites), sites[0].n_heads)
+    aie = torch.full((len(sites), sites[0].n_heads), torch.nan)
     for col, (li, j) in enumerate(tested):
         aie[li, j] = rise[:, col].mean()
+    baseline = float(probs[:, 0].mean())
     logger.info("head attribution: %d clean, %d corrupted prompts, %d heads; baseline p=%.4f, best AIE %.4f",
-                len(clean), len(corrupted), len(tested), float(probs[:, 0].mean()), float(aie.max()))  # fmt: skip
-    return HeadAttribution(aie, means, float(probs[:, 0].mean()), len(corrupted))
+                len(clean), len(corrupted), len(tested), baseline, float(rise.mean(0).max()))  # fmt: skip
+    return HeadAttribution(aie, means, baseline, len(corrupted))
 
 
 def prefix_cache(lm: LoadedModel, batch: Batch):
