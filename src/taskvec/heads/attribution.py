@@ -92,7 +92,7 @@ def mean_head_outputs(lm: LoadedModel, prompts: Sequence[str], *, batch_size: in
         for site in sites:
             heads = store[site.layer].cpu()  # (B, n, d)
             total[site.layer] += heads.sum(0)
-            rms_total[site.layer] += rms(attention_output(site, heads)).sum()
+            rms_total[site.layer] += float(rms(attention_output(site, heads)).sum())  # (the weight may be on a GPU)
     return MeanHeadOutputs(total / len(rows), rms_total / len(rows), len(rows))
 
 
