@@ -110,17 +110,23 @@ def run_task(lm, name: str, args) -> None:
     queries, answers = [x for x, _ in test], [y for _, y in test]
     icl = sample_icl_examples(pool, len(test), args.shots, seed=args.seed + 3)
     icl = [type(e)(e.demonstrations, q, a) for e, (q, a) in zip(icl, test)]
-    scores = {
-        "zero-shot": accuracy(apply_function_vector(lm, fv, queries, scale=0.0), answers),
-        "ICL": accuracy(icl_predictions(lm, icl, template), answers),
-        "FV": accuracy(apply_function_vector(lm, fv, queries), answers),
-        "random": accuracy(apply_function_vector(lm, random_like(fv, seed=args.seed), queries), answers),
+    predictions = {
+        "zero-shot": apply_function_vector(lm, fv, queries, scale=0.0),
+        "ICL": icl_predictions(lm, icl, template),
+        "FV": apply_function_vector(lm, fv, queries),
+        "random": apply_function_vector(lm, random_like(fv, seed=args.seed), queries),
     }
+    scores = {name: accuracy(p, answers) for name, p in predictions.items()}
+    icl_correct = [i for i, (p, a) in enumerate(zip(predictions["ICL"], answers)) if p == a.strip()]
+    filtered = {name: sum(p[i] == answers[i].strip() for i in icl_correct) / max(1, len(icl_correct))
+                for name, p in predictions.items() if name != "ICL"}  # fmt: skip
     print(
         f"FV chosen on {len(dev)} dev queries: layer {fv.layer}, k {fv.k}, scale {fv.scale:g} "
         f"(dev {fv.selection['best_dev_accuracy']:.2f}); |v| = {float(fv.vector.norm()):.1f}; heads {fv.heads}"
     )
     print(f"test accuracy on {len(test)} queries: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    print(f"on the {len(icl_correct)} ICL-correct ones (Todd et al.'s filter): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in filtered.items()))  # fmt: skip
 
 
 def main() -> None:
