@@ -7,7 +7,8 @@ import string
 
 import pytest
 import torch
-from tiny_models import FAMILIES, VOCAB, make_tiny_model
+from tiny_models import FAMILIES, VOCAB, VOCAB_SIZE, make_tiny_model, make_tokenizer
+from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from taskvec.engine.batching import collate, encode
 from taskvec.engine.forward import next_token_logits
@@ -31,6 +32,8 @@ from taskvec.heads.function_vector import head_contributions
 from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
 from taskvec.heads.selection import added_vector_token_ids
 from taskvec.heads.sites import HeadSiteError, check_rms_type, frozen_norm, rms
+from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MixedLinear, enable_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -295,3 +298,29 @@ def test_bad_inputs_name_the_value():
 
 def _fake(aie: torch.Tensor):
     return type("A", (), {"aie": aie})()
+
+
+def _tiny_gemma2() -> LoadedModel:
+    """A tiny random Gemma-2 (not in tiny_models: only this file needs it)."""
+    config = Gemma2Config(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                          sliding_window=4, max_position_embeddings=256, initializer_range=0.2,
+                          attn_implementation="eager", pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    tokenizer = make_tokenizer(with_bos=True)
+    return LoadedModel(model, tokenizer, ArchitectureAdapter.from_model(model, tokenizer), "tiny-gemma2")
+
+
+def test_gemma2_post_attention_norm_found_and_own_patch_exact():
+    lm = _tiny_gemma2()
+    sites = head_sites(lm)
+    assert [s.post_norm for s in sites] == [b.post_attention_layernorm for b in lm.adapter.layers]
+    store: dict[int, torch.Tensor] = {}
+    with capture_head_outputs(sites, store):
+        clean = _full_forward(lm, PROMPTS)
+    own = [HeadPatch(r, s.layer, j, store[s.layer][r, j]) for s in sites for j in range(s.n_heads) for r in (0, 1)]
+    assert torch.equal(_full_forward(lm, PROMPTS, own), clean)
+    att = head_attribution(lm, sample_icl_examples(PAIRS, 2, 3), shuffled_examples(sample_icl_examples(PAIRS, 2, 3, 1)),
+                           DEFAULT_TEMPLATE)  # fmt: skip
+    assert function_vector(lm, att, 2, DEFAULT_TEMPLATE).norm_corrected
