@@ -26,10 +26,11 @@ from taskvec.heads import (
     shuffled_examples,
     top_heads,
 )
-from taskvec.heads.attribution import attention_output, mean_head_outputs, patched_gold_probabilities
+from taskvec.heads.attribution import attention_output, mean_head_outputs
 from taskvec.heads.examples import IclExample, first_answer_tokens, shuffle_labels
 from taskvec.heads.function_vector import head_contributions
 from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
+from taskvec.heads.last_token import _SKIP_VERIFIED, patched_gold_probabilities
 from taskvec.heads.selection import added_vector_token_ids
 from taskvec.heads.sites import HeadSiteError, check_rms_type, frozen_norm, rms
 from taskvec.models.adapter import ArchitectureAdapter
@@ -123,6 +124,9 @@ def test_cached_patched_probabilities_equal_full_forwards(family_lm):
     values = torch.randn(len(sites), sites[0].n_heads, sites[0].head_dim, generator=torch.Generator().manual_seed(1))
     heads = [(0, 0), (1, 3), (lm.num_layers - 1, 2)]
     cached = patched_gold_probabilities(lm, PROMPTS, gold, heads, values, max_rows=4)  # several chunks
+    assert _SKIP_VERIFIED[lm.model]  # the last chunk (a top-layer head) skipped the blocks below it
+    plain = patched_gold_probabilities(lm, PROMPTS, gold, heads, values, max_rows=4, skip_lower=False)
+    torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-7)
     for c, head in enumerate([None, *heads]):
         patches = [] if head is None else [HeadPatch(r, *head, values[head]) for r in range(2)]
         full = torch.softmax(_full_forward(lm, PROMPTS, patches), -1)[torch.arange(2), gold]

@@ -15,20 +15,16 @@ from dataclasses import dataclass
 import torch
 
 from taskvec.engine.accounting import record
-from taskvec.engine.batching import Batch, chunks, collate, encode, length_sorted_chunks
-from taskvec.engine.forward import next_token_logits
+from taskvec.engine.batching import collate, encode, length_sorted_chunks
 from taskvec.engine.prompts import PromptTemplate
-from taskvec.engine.shared_prefix import fork_cache
 from taskvec.errors import TaskvecError
 from taskvec.heads.examples import IclExample, first_answer_tokens
-from taskvec.heads.hooks import HeadPatch, capture_head_outputs, patch_heads
+from taskvec.heads.hooks import capture_head_outputs
+from taskvec.heads.last_token import DEFAULT_MAX_ROWS, patched_gold_probabilities
 from taskvec.heads.sites import HeadSite, head_sites, rms
-from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_ROWS = 128  # rows of one last-token forward
 
 
 @dataclass
@@ -144,69 +140,6 @@ def head_attribution(
     logger.info("head attribution: %d clean, %d corrupted prompts, %d heads; baseline p=%.4f, best AIE %.4f",
                 len(clean), len(corrupted), len(tested), baseline, float(rise.mean(0).max()))  # fmt: skip
     return HeadAttribution(aie, means, baseline, len(corrupted))
-
-
-def prefix_cache(lm: LoadedModel, batch: Batch):
-    """Keys and values of every row's tokens but the last."""
-    out = lm.adapter.base_model(
-        input_ids=batch.input_ids[:, :-1],
-        attention_mask=batch.attention_mask[:, :-1],
-        position_ids=batch.position_ids[:, :-1],
-        use_cache=True,
-    )
-    record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
-           blocks=lm.num_layers)  # fmt: skip
-    return returned_cache(out)
-
-
-@torch.no_grad()
-def patched_gold_probabilities(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    gold: torch.Tensor,
-    heads: Sequence[tuple[int, int]],
-    values: torch.Tensor,
-    *,
-    max_rows: int = DEFAULT_MAX_ROWS,
-) -> torch.Tensor:
-    """p(gold[i]) after prompt i, unpatched (column 0) and with head ``heads[c]`` set to ``values[li, j]`` at
-    the last token (column c + 1): (P, 1 + len(heads)). The prompt's cache of all tokens but the last is
-    computed once; the last token runs for several (prompt, head) rows per forward."""
-    sites = head_sites(lm)
-    rows = encode(lm, prompts)
-    if min(len(r) for r in rows) < 2:
-        raise TaskvecError("every prompt needs at least two tokens for the cached last-token forward")
-    variants = [None, *heads]
-    out = torch.empty(len(rows), len(variants))
-    group_size = max(1, min(len(rows), max_rows // 2))
-    for group in chunks(len(rows), group_size):
-        batch = collate(lm, rows[group])
-        cache = prefix_cache(lm, batch)
-        per_forward = max(1, max_rows // len(batch))
-        for part in chunks(len(variants), per_forward):
-            chosen = variants[part]
-            probs = _last_token_probabilities(lm, sites, batch, cache, chosen, values, gold[group])
-            out[group, part] = probs
-    return out
-
-
-def _last_token_probabilities(lm, sites, batch: Batch, cache, chosen, values, gold) -> torch.Tensor:
-    """(n, k) p(gold) for each of the n prompts and each of the k variants (None: unpatched), prompt-major."""
-    n, k = len(batch), len(chosen)
-    own = fork_cache(cache)
-    if k > 1:
-        own.batch_repeat_interleave(k)
-    step = Batch(
-        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-    )
-    patches = [HeadPatch(row=i * k + c, layer=h[0], head=h[1], value=values[h[0], h[1]])
-               for i in range(n) for c, h in enumerate(chosen) if h is not None]  # fmt: skip
-    with patch_heads(sites, patches):
-        logits = next_token_logits(lm, step, cache=own)
-    logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(1, gold.repeat_interleave(k).unsqueeze(1)).exp().view(n, k)
 
 
 def average_aie(attributions: Sequence[HeadAttribution]) -> torch.Tensor:

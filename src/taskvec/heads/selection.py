@@ -19,9 +19,10 @@ from taskvec.engine.forward import check_layers, check_queries, decode_predictio
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
 from taskvec.errors import TaskvecError
-from taskvec.heads.attribution import DEFAULT_MAX_ROWS, HeadAttribution, prefix_cache
+from taskvec.heads.attribution import HeadAttribution
 from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
 from taskvec.heads.hooks import add_to_block_output
+from taskvec.heads.last_token import DEFAULT_MAX_ROWS, prefix_cache
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
