@@ -1,0 +1,34 @@
+"""Attention-head work: head sites, head attribution (AIE) and function vectors (Todd et al. 2024).
+
+- :mod:`.sites` finds every block's attention output projection, head count and post-attention norm;
+- :mod:`.hooks` reads/replaces heads' outputs and adds vectors to block outputs (last position);
+- :mod:`.examples` builds clean and shuffled-label ICL examples and the gold answers' first tokens;
+- :mod:`.attribution` computes mean head outputs and each head's average indirect effect;
+- :mod:`.function_vector` builds and applies function vectors;
+- :mod:`.selection` chooses the layer, k and scale on dev queries.
+"""
+
+from taskvec.heads.attribution import HeadAttribution, MeanHeadOutputs, average_aie, head_attribution, top_heads
+from taskvec.heads.examples import IclExample, sample_icl_examples, shuffled_examples
+from taskvec.heads.function_vector import FunctionVector, apply_function_vector, function_vector, random_like
+from taskvec.heads.selection import select_function_vector
+from taskvec.heads.sites import HeadSite, HeadSiteError, head_sites
+
+__all__ = [
+    "FunctionVector",
+    "HeadAttribution",
+    "HeadSite",
+    "HeadSiteError",
+    "IclExample",
+    "MeanHeadOutputs",
+    "apply_function_vector",
+    "average_aie",
+    "function_vector",
+    "head_attribution",
+    "head_sites",
+    "random_like",
+    "sample_icl_examples",
+    "select_function_vector",
+    "shuffled_examples",
+    "top_heads",
+]

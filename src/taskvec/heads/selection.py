@@ -1,0 +1,113 @@
+"""Choosing a function vector's layer, k and scale on dev queries (first best, like the task vector's layer).
+
+Every (layer, k, scale) of the grid is scored on the same dev queries. Adding a vector changes only
+the last position, so each dev prompt's key/value cache of all tokens but the last is computed once;
+the last token then runs for many (prompt, configuration) rows per forward, each row adding its own
+vector at its own block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from taskvec.engine.batching import Batch, chunks, collate, encode
+from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits
+from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.shared_prefix import fork_cache
+from taskvec.errors import TaskvecError
+from taskvec.heads.attribution import HeadAttribution
+from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
+from taskvec.heads.hooks import add_to_block_output
+from taskvec.heads.last_token import DEFAULT_MAX_ROWS, prefix_cache
+from taskvec.models.loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KS = (1, 2, 5, 10)
+DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@torch.no_grad()
+def added_vector_token_ids(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    variants: Sequence[tuple[int, torch.Tensor]],
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> torch.Tensor:
+    """Greedy next token (len(variants), P) of each prompt with ``vector`` added to block ``layer``'s output
+    at the last position, for each ``(layer, vector)`` of ``variants``; cached prefix per prompt group."""
+    rows = encode(lm, prompts)
+    if min(len(r) for r in rows) < 2:
+        raise TaskvecError("every prompt needs at least two tokens for the cached last-token forward")
+    out = torch.empty(len(variants), len(rows), dtype=torch.long)
+    group_size = max(1, min(len(rows), max_rows // 2))
+    for group in chunks(len(rows), group_size):
+        batch = collate(lm, rows[group])
+        cache = prefix_cache(lm, batch)
+        per_forward = max(1, max_rows // len(batch))
+        for part in chunks(len(variants), per_forward):
+            out[part, group] = _last_token_ids(lm, batch, cache, variants[part]).T
+    return out
+
+
+def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen) -> torch.Tensor:
+    """(n, k) next token of each prompt under each chosen (layer, vector), prompt-major rows."""
+    n, k = len(batch), len(chosen)
+    own = fork_cache(cache)
+    if k > 1:
+        own.batch_repeat_interleave(k)
+    step = Batch(
+        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
+        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
+    )
+    hidden = chosen[0][1].shape[-1]
+    additions: dict[int, torch.Tensor] = {}
+    for c, (layer, vector) in enumerate(chosen):
+        rows = torch.arange(n) * k + c
+        additions.setdefault(layer, torch.zeros(n * k, hidden))[rows] = vector.float()
+    with add_to_block_output(lm.adapter.layers, additions):
+        logits = next_token_logits(lm, step, cache=own)
+    return logits.argmax(-1).view(n, k)
+
+
+def select_function_vector(
+    lm: LoadedModel,
+    attribution: HeadAttribution,
+    template: PromptTemplate,
+    dev_queries: Sequence[str],
+    dev_answers: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    aie: torch.Tensor | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> FunctionVector:
+    """The function vector whose (layer, k, scale) has the best dev accuracy; ties go to the first in
+    (layer, k, scale) order, lowest first. All scores are kept in ``selection``."""
+    dev_queries = check_queries(dev_queries, "dev queries")
+    if len(dev_answers) != len(dev_queries):
+        raise TaskvecError(f"got {len(dev_queries)} dev queries but {len(dev_answers)} answers; expected one "
+                           "answer per query")  # fmt: skip
+    layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
+    ks, scales = sorted({int(k) for k in ks}), sorted({float(s) for s in scales})
+    if not layers or not ks or not scales:
+        raise TaskvecError(f"layers={layers}, ks={ks}, scales={scales}; expected at least one value each")
+    fvs = {k: function_vector(lm, attribution, k, template, aie=aie) for k in ks}
+    grid = [(layer, k, s) for layer in layers for k in ks for s in scales]
+    prompts = [template.query_prompt(q) for q in dev_queries]
+    ids = added_vector_token_ids(lm, prompts, [(layer, s * fvs[k].vector) for layer, k, s in grid], max_rows=max_rows)
+    scores = [accuracy(decode_predictions(lm, row), dev_answers) for row in ids]
+    best = max(range(len(grid)), key=lambda i: (scores[i], -i))
+    layer, k, scale = grid[best]
+    logger.info("function vector chosen on %d dev queries: layer %d, k %d, scale %g (dev accuracy %.3f)",
+                len(dev_queries), layer, k, scale, scores[best])  # fmt: skip
+    table = {"grid": [{"layer": g[0], "k": g[1], "scale": g[2], "dev_accuracy": a} for g, a in zip(grid, scores)],
+             "best_dev_accuracy": scores[best]}  # fmt: skip
+    return replace(fvs[k], layer=layer, scale=scale, selection=table)

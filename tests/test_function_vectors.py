@@ -1,0 +1,330 @@
+"""Head sites, head capture/patching, attribution (AIE) and function vectors on tiny random models."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+import torch
+from tiny_models import FAMILIES, VOCAB, VOCAB_SIZE, make_tiny_model, make_tokenizer
+from transformers import Gemma2Config, Gemma2ForCausalLM
+
+from taskvec.engine.batching import collate, encode
+from taskvec.engine.forward import next_token_logits
+from taskvec.engine.prompts import DEFAULT_TEMPLATE
+from taskvec.errors import TaskvecError
+from taskvec.heads import (
+    apply_function_vector,
+    average_aie,
+    function_vector,
+    head_attribution,
+    head_sites,
+    random_like,
+    sample_icl_examples,
+    select_function_vector,
+    shuffled_examples,
+    top_heads,
+)
+from taskvec.heads.attribution import attention_output, mean_head_outputs
+from taskvec.heads.examples import IclExample, first_answer_tokens, shuffle_labels
+from taskvec.heads.function_vector import head_contributions
+from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
+from taskvec.heads.last_token import _SKIP_VERIFIED, patched_gold_probabilities
+from taskvec.heads.selection import added_vector_token_ids
+from taskvec.heads.sites import HeadSiteError, check_rms_type, frozen_norm, rms
+from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.loading import LoadedModel
+from taskvec.models.precision import MixedLinear, enable_mixed_precision
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PAIRS = [(c, c.upper()) for c in string.ascii_lowercase]
+PROJECTION_NAME = {"llama": "o_proj", "qwen2": "o_proj", "gemma3": "o_proj", "gpt2": "c_proj",
+                   "gpt_neox": "dense", "gptj": "out_proj"}  # fmt: skip
+PROMPTS = ["example:a->A\nexample:b->B\nexample:c->", "example:q->Q\nexample:r->"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=FAMILIES)
+def family_lm(request):
+    return request.param, make_tiny_model(request.param)
+
+
+def _full_forward(lm, prompts, patches=(), additions=None):
+    batch = collate(lm, encode(lm, prompts))
+    with patch_heads(head_sites(lm), patches), add_to_block_output(lm.adapter.layers, additions or {}):
+        return next_token_logits(lm, batch)
+
+
+def test_sites_found_from_structure(family_lm):
+    family, lm = family_lm
+    sites = head_sites(lm)
+    assert len(sites) == lm.num_layers
+    for site in sites:
+        name = next(n for n, m in site.attention.named_children() if m is site.out_proj)
+        assert name == PROJECTION_NAME[family]
+        assert site.n_heads == 4 and site.n_heads * site.head_dim == (8 * 4 if family == "gemma3" else 32)
+        # Only gemma3 puts a norm between the attention output and the residual add (llama/qwen2's
+        # post_attention_layernorm is their pre-MLP norm and must not be taken for one).
+        assert (site.post_norm is not None) == (family == "gemma3")
+        if site.post_norm is not None:
+            assert site.post_norm is lm.adapter.layers[site.layer].post_attention_layernorm
+
+
+def test_projected_heads_sum_to_attention_output(family_lm):
+    _, lm = family_lm
+    sites = head_sites(lm)
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [s.out_proj.register_forward_hook(lambda m, a, o, i=s.layer: outputs.__setitem__(i, o[:, -1].detach()))
+               for s in sites]  # fmt: skip
+    store: dict[int, torch.Tensor] = {}
+    try:
+        with capture_head_outputs(sites, store):
+            _full_forward(lm, PROMPTS)
+    finally:
+        for h in handles:
+            h.remove()
+    for site in sites:
+        assert store[site.layer].shape == (2, site.n_heads, site.head_dim)
+        torch.testing.assert_close(attention_output(site, store[site.layer]), outputs[site.layer], rtol=1e-5, atol=1e-5)
+        per_head = torch.stack([store[site.layer][:, j] @ site.head_weight(j) for j in range(site.n_heads)], 1)
+        torch.testing.assert_close(per_head, site.project(store[site.layer]), rtol=1e-5, atol=1e-6)
+
+
+def test_patching_heads_with_their_own_outputs_changes_nothing(family_lm):
+    _, lm = family_lm
+    sites = head_sites(lm)
+    store: dict[int, torch.Tensor] = {}
+    with capture_head_outputs(sites, store):
+        clean = _full_forward(lm, PROMPTS)
+    own = [HeadPatch(0, 0, 1, store[0][0, 1]), HeadPatch(1, lm.num_layers - 1, 3, store[lm.num_layers - 1][1, 3]),
+           HeadPatch(1, 1, 0, store[1][1, 0])]  # fmt: skip
+    assert torch.equal(_full_forward(lm, PROMPTS, own), clean)
+    other = [HeadPatch(0, 1, 2, store[1][0, 2] + 3.0)]
+    changed = _full_forward(lm, PROMPTS, other)
+    assert not torch.equal(changed[0], clean[0]) and torch.equal(changed[1], clean[1])
+    assert all(not s.out_proj._forward_pre_hooks for s in sites)
+
+
+def test_hooks_removed_on_error():
+    lm = make_tiny_model("gpt2")
+    sites = head_sites(lm)
+    with pytest.raises(RuntimeError), patch_heads(sites, [HeadPatch(0, 0, 0, torch.zeros(sites[0].head_dim))]):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), add_to_block_output(lm.adapter.layers, {0: torch.zeros(32)}):
+        raise RuntimeError("boom")
+    assert all(not s.out_proj._forward_pre_hooks for s in sites)
+    assert all(not block._forward_hooks for block in lm.adapter.layers)
+
+
+def test_cached_patched_probabilities_equal_full_forwards(family_lm):
+    _, lm = family_lm
+    sites = head_sites(lm)
+    gold = torch.tensor([5, 9])
+    values = torch.randn(len(sites), sites[0].n_heads, sites[0].head_dim, generator=torch.Generator().manual_seed(1))
+    heads = [(0, 0), (1, 3), (lm.num_layers - 1, 2)]
+    cached = patched_gold_probabilities(lm, PROMPTS, gold, heads, values, max_rows=4)  # several chunks
+    assert _SKIP_VERIFIED[lm.model]  # the last chunk (a top-layer head) skipped the blocks below it
+    plain = patched_gold_probabilities(lm, PROMPTS, gold, heads, values, max_rows=4, skip_lower=False)
+    torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-7)
+    for c, head in enumerate([None, *heads]):
+        patches = [] if head is None else [HeadPatch(r, *head, values[head]) for r in range(2)]
+        full = torch.softmax(_full_forward(lm, PROMPTS, patches), -1)[torch.arange(2), gold]
+        torch.testing.assert_close(cached[:, c], full, rtol=1e-5, atol=1e-7)
+
+
+def test_post_attention_norm_folded_in_exactly_at_its_own_scale():
+    lm = make_tiny_model("gemma3")
+    sites = head_sites(lm)
+    store: dict[int, torch.Tensor] = {}
+    normed: dict[int, torch.Tensor] = {}
+    handles = [s.post_norm.register_forward_hook(lambda m, a, o, i=s.layer: normed.__setitem__(i, o[:, -1].detach()))
+               for s in sites]  # fmt: skip
+    try:
+        with capture_head_outputs(sites, store):
+            _full_forward(lm, PROMPTS[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    for site in sites:
+        a = attention_output(site, store[site.layer])  # (1, H)
+        own_rms = rms(a, 1e-6)
+        summed = frozen_norm(site.post_norm, site.project(store[site.layer])[0], own_rms[0]).sum(0)
+        torch.testing.assert_close(summed, normed[site.layer][0], rtol=1e-4, atol=1e-5)
+
+
+def test_shuffled_labels_move_and_are_seeded():
+    examples = sample_icl_examples(PAIRS, 5, 4, seed=3)
+    assert examples == sample_icl_examples(PAIRS, 5, 4, seed=3)
+    for e in examples:
+        assert e.query not in [x for x, _ in e.demonstrations]
+    shuffled = shuffled_examples(examples, seed=0)
+    assert shuffled == shuffled_examples(examples, seed=0)
+    for e, s in zip(examples, shuffled):
+        assert [x for x, _ in s.demonstrations] == [x for x, _ in e.demonstrations]
+        assert sorted(y for _, y in s.demonstrations) == sorted(y for _, y in e.demonstrations)
+        assert all(a[1] != b[1] for a, b in zip(e.demonstrations, s.demonstrations))
+    twins = IclExample((("a", "X"), ("b", "X"), ("c", "Y")), "d", "D")
+    assert shuffle_labels(twins, random.Random(0)).demonstrations != twins.demonstrations
+    with pytest.raises(TaskvecError, match="all equal"):
+        shuffle_labels(IclExample((("a", "X"), ("b", "X")), "d", "D"), random.Random(0))
+    with pytest.raises(TaskvecError, match="n_shots"):
+        sample_icl_examples(PAIRS, 2, 1)
+
+
+def test_head_attribution_matches_its_probabilities():
+    lm = make_tiny_model("llama")
+    clean = sample_icl_examples(PAIRS, 4, 3, seed=0)
+    corrupted = shuffled_examples(sample_icl_examples(PAIRS, 3, 3, seed=1), seed=2)
+    heads = [(0, 1), (2, 3), (1, 0)]
+    att = head_attribution(lm, clean, corrupted, DEFAULT_TEMPLATE, heads=heads)
+    assert att.aie.shape == (3, 4) and att.n_corrupted == 3 and att.mean_outputs.n_prompts == 4
+    gold = torch.tensor(first_answer_tokens(lm, DEFAULT_TEMPLATE, corrupted))
+    assert gold.tolist() == [VOCAB[e.answer] for e in corrupted]  # one character, one token
+    probs = patched_gold_probabilities(lm, [e.prompt(DEFAULT_TEMPLATE) for e in corrupted], gold, heads,
+                                       att.mean_outputs.means)  # fmt: skip
+    for c, (layer, head) in enumerate(heads):
+        assert float(att.aie[layer, head]) == pytest.approx(float((probs[:, c + 1] - probs[:, 0]).mean()), abs=1e-7)
+    untested = torch.ones(3, 4, dtype=torch.bool)
+    for layer, head in heads:
+        untested[layer, head] = False
+    assert torch.all(torch.isnan(att.aie[untested]))
+    assert att.to_dict()["aie"][0][0] is None
+    means = mean_head_outputs(lm, [e.prompt(DEFAULT_TEMPLATE) for e in clean])
+    torch.testing.assert_close(means.means, att.mean_outputs.means)
+    assert top_heads(att.aie, 1)[0] == max(heads, key=lambda h: float(att.aie[h]))
+    torch.testing.assert_close(average_aie([att, att]), att.aie, equal_nan=True)
+    with pytest.raises(TaskvecError, match=r"head \(3, 0\)"):
+        head_attribution(lm, clean, corrupted, DEFAULT_TEMPLATE, heads=[(3, 0)])
+    with pytest.raises(TaskvecError, match="k=4"):
+        top_heads(att.aie, 4)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+def test_function_vector_build_apply_and_select(family):
+    lm = make_tiny_model(family)
+    clean = sample_icl_examples(PAIRS, 3, 3, seed=0)
+    corrupted = shuffled_examples(sample_icl_examples(PAIRS, 2, 3, seed=1), seed=2)
+    att = head_attribution(lm, clean, corrupted, DEFAULT_TEMPLATE)
+    fv = function_vector(lm, att, 3, DEFAULT_TEMPLATE)
+    assert fv.k == 3 and fv.heads == att.top_heads(3) and fv.norm_corrected == (family == "gemma3")
+    torch.testing.assert_close(fv.vector, head_contributions(lm, att.mean_outputs, fv.heads).sum(0))
+    if family == "gpt2":  # no post-norm: plain W_O,lj · ā_lj
+        sites = head_sites(lm)
+        plain = sum(att.mean_outputs.means[l_, j] @ sites[l_].head_weight(j) for l_, j in fv.heads)
+        torch.testing.assert_close(fv.vector, plain)
+    queries = ["d", "k", "x"]
+    plain_ids = next_token_logits(lm, collate(lm, encode(lm, [DEFAULT_TEMPLATE.query_prompt(q) for q in queries])))
+    zero = apply_function_vector(lm, fv, queries, layer=1, scale=0.0)
+    assert zero == [lm.tokenizer.decode([int(t)]).split("\n")[0].strip() for t in plain_ids.argmax(-1)]
+    # The cached grid evaluation gives the same tokens as full forwards with the add hook.
+    prompts = [DEFAULT_TEMPLATE.query_prompt(q) for q in queries]
+    variants = [(0, 5.0 * fv.vector), (1, 20.0 * fv.vector), (lm.num_layers - 1, -8.0 * fv.vector)]
+    cached = added_vector_token_ids(lm, prompts, variants, max_rows=4)
+    for v, (layer, vector) in enumerate(variants):
+        full = _full_forward(lm, prompts, additions={layer: vector}).argmax(-1)
+        assert torch.equal(cached[v], full)
+    answers = ["D", "K", "X"]
+    chosen = select_function_vector(lm, att, DEFAULT_TEMPLATE, queries, answers, ks=(1, 3), scales=(1.0, 8.0))
+    grid = chosen.selection["grid"]
+    assert len(grid) == lm.num_layers * 2 * 2
+    best = max(g["dev_accuracy"] for g in grid)
+    first = next(g for g in grid if g["dev_accuracy"] == best)
+    assert (chosen.layer, chosen.k, chosen.scale) == (first["layer"], first["k"], first["scale"])
+    predictions = apply_function_vector(lm, chosen, queries)
+    assert sum(p == a for p, a in zip(predictions, answers)) / 3 == pytest.approx(best)
+    control = random_like(chosen, seed=1)
+    assert float(control.vector.norm()) == pytest.approx(float(chosen.vector.norm()), rel=1e-5)
+    assert chosen.to_dict()["k"] == chosen.k
+    with pytest.raises(TaskvecError, match="answers"):
+        select_function_vector(lm, att, DEFAULT_TEMPLATE, queries, answers[:2])
+    with pytest.raises(TaskvecError, match="layer 99"):
+        apply_function_vector(lm, fv, queries, layer=99)
+    with pytest.raises(TaskvecError, match="no layer"):
+        apply_function_vector(lm, fv, queries)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox"])
+def test_sdpa_attention_same_sites_and_exact_own_patch(family):
+    lm = make_tiny_model(family, attn="sdpa")
+    sites = head_sites(lm)
+    assert [type(s.out_proj) for s in sites] == [type(s.out_proj) for s in head_sites(make_tiny_model(family))]
+    store: dict[int, torch.Tensor] = {}
+    with capture_head_outputs(sites, store):
+        clean = _full_forward(lm, PROMPTS)
+    own = [HeadPatch(r, s.layer, j, store[s.layer][r, j]) for s in sites for j in range(s.n_heads) for r in (0, 1)]
+    assert torch.equal(_full_forward(lm, PROMPTS, own), clean)
+
+
+def test_sites_under_mixed_precision():
+    lm = make_tiny_model("qwen2", seed=7)  # its own instance: mixed precision changes the modules
+    enable_mixed_precision(lm.adapter.layers)
+    sites = head_sites(lm)
+    assert all(isinstance(s.out_proj, MixedLinear) for s in sites)
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [s.out_proj.register_forward_hook(lambda m, a, o, i=s.layer: outputs.__setitem__(i, o[:, -1].detach()))
+               for s in sites]  # fmt: skip
+    store: dict[int, torch.Tensor] = {}
+    try:
+        with capture_head_outputs(sites, store):
+            _full_forward(lm, PROMPTS)
+    finally:
+        for h in handles:
+            h.remove()
+    for site in sites:  # bfloat16 products in the model, float32 here
+        torch.testing.assert_close(attention_output(site, store[site.layer]), outputs[site.layer], rtol=0.05, atol=0.05)
+
+
+def test_frozen_norm_needs_an_rms_type_norm():
+    rms_norm = torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        rms_norm.weight.uniform_(0.5, 2.0)
+    check_rms_type(rms_norm, 16, 0)
+    x = torch.randn(16)
+    torch.testing.assert_close(frozen_norm(rms_norm, x, 2.0), rms_norm.weight.detach() * x / 2.0, rtol=1e-4, atol=1e-5)
+    with pytest.raises(HeadSiteError, match="not an RMS-type norm"):
+        check_rms_type(torch.nn.LayerNorm(16), 16, 3)
+
+
+def test_bad_inputs_name_the_value():
+    lm = make_tiny_model("llama")
+    with pytest.raises(TaskvecError, match="3 pairs cannot give 4 demonstrations"):
+        sample_icl_examples(PAIRS[:3], 1, 4)
+    with pytest.raises(TaskvecError, match="n_examples=0"):
+        sample_icl_examples(PAIRS, 0, 2)
+    with pytest.raises(TaskvecError, match="answer ''"):
+        first_answer_tokens(lm, DEFAULT_TEMPLATE, [IclExample((("a", "A"), ("b", "B")), "c", "")])
+    with pytest.raises(TaskvecError, match="no corrupted prompts"):
+        head_attribution(lm, sample_icl_examples(PAIRS, 1, 2), [], DEFAULT_TEMPLATE)
+    with pytest.raises(TaskvecError, match="cannot be averaged"):
+        average_aie([_fake(torch.zeros(2, 2)), _fake(torch.zeros(3, 2))])
+
+
+def _fake(aie: torch.Tensor):
+    return type("A", (), {"aie": aie})()
+
+
+def _tiny_gemma2() -> LoadedModel:
+    """A tiny random Gemma-2 (not in tiny_models: only this file needs it)."""
+    config = Gemma2Config(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                          sliding_window=4, max_position_embeddings=256, initializer_range=0.2,
+                          attn_implementation="eager", pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    tokenizer = make_tokenizer(with_bos=True)
+    return LoadedModel(model, tokenizer, ArchitectureAdapter.from_model(model, tokenizer), "tiny-gemma2")
+
+
+def test_gemma2_post_attention_norm_found_and_own_patch_exact():
+    lm = _tiny_gemma2()
+    sites = head_sites(lm)
+    assert [s.post_norm for s in sites] == [b.post_attention_layernorm for b in lm.adapter.layers]
+    store: dict[int, torch.Tensor] = {}
+    with capture_head_outputs(sites, store):
+        clean = _full_forward(lm, PROMPTS)
+    own = [HeadPatch(r, s.layer, j, store[s.layer][r, j]) for s in sites for j in range(s.n_heads) for r in (0, 1)]
+    assert torch.equal(_full_forward(lm, PROMPTS, own), clean)
+    att = head_attribution(lm, sample_icl_examples(PAIRS, 2, 3), shuffled_examples(sample_icl_examples(PAIRS, 2, 3, 1)),
+                           DEFAULT_TEMPLATE)  # fmt: skip
+    assert function_vector(lm, att, 2, DEFAULT_TEMPLATE).norm_corrected
