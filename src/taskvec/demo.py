@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskvec.engine.decoding import decode_predictions
 from taskvec.engine.extraction import extract_task_vector
-from taskvec.engine.forward import decode_predictions, predict_token_ids
+from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.patching import apply_task_vector
 from taskvec.engine.sweep import layer_sweep
 from taskvec.models.loading import LoadedModel

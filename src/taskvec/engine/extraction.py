@@ -9,12 +9,12 @@ import torch
 from taskvec.engine.batching import collate, encode, length_sorted_chunks
 from taskvec.engine.compat import model_metadata
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, last_position_states
-from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.task_vector import TaskVector, sha256_of_json
 from taskvec.engine.validation import check_demonstrations
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
 
 
 @torch.no_grad()

@@ -67,19 +67,6 @@ def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:
     return checked
 
 
-def check_queries(queries: Sequence[str], what: str = "queries") -> list[str]:
-    """A non-empty list of strings, or a clear error."""
-    if isinstance(queries, str):
-        raise TaskvecError(f"{what} must be a list of strings, got the single string {queries!r}")
-    queries = list(queries)
-    if not queries:
-        raise TaskvecError(f"no {what} given: expected at least one string")
-    bad = [q for q in queries if not isinstance(q, str)]
-    if bad:
-        raise TaskvecError(f"{what} must be strings, got {bad[0]!r}")
-    return queries
-
-
 def patches_for_rows(layers: Sequence[int], vectors: torch.Tensor) -> Mapping[int, tuple[torch.Tensor, torch.Tensor]]:
     """Group rows by the block they are patched at: {layer: (row indices, vectors)}."""
     by_layer: dict[int, list[int]] = {}
@@ -140,12 +127,3 @@ def next_token_ids_and_margins(
     hidden = check_finite(out.last_hidden_state[:, -1], "final hidden states", lm.dtype)
     record_batch(batch, blocks=lm.num_layers, logit_rows=len(batch))
     return argmax_and_margin(lm.adapter.unembedding, hidden, with_margin=with_margins)
-
-
-def decode_prediction(lm: LoadedModel, token_id: int) -> str:
-    """The paper's cleaning of a generated token: decode, cut at the first newline, strip."""
-    return lm.tokenizer.decode([int(token_id)]).split("\n")[0].strip()
-
-
-def decode_predictions(lm: LoadedModel, token_ids: torch.Tensor) -> list[str]:
-    return [decode_prediction(lm, t) for t in token_ids.tolist()]

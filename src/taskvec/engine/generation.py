@@ -10,13 +10,14 @@ function without a patch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, check_queries, patches_for_rows
+from taskvec.engine.decoding import DEFAULT_STOP, StopRule, decode_answer
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, patches_for_rows
 from taskvec.engine.hooks import patch_last_position
+from taskvec.engine.validation import check_queries, check_strings
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
@@ -24,24 +25,9 @@ from taskvec.models.loading import LoadedModel
 #: Upper bound of ``max_new_tokens``: answers of a task are short; longer runs are not what this is for.
 MAX_NEW_TOKENS_LIMIT = 256
 
-
-@dataclass(frozen=True)
-class StopRule:
-    """When a row stops: at the end-of-sequence token (``eos``) and at the first generated token whose text
-    contains one of ``stop_strings`` (default a newline: the paper's prompts put one demonstration per
-    line). The answer is the decoded text before the first stop string; an EOS that stopped a row is dropped.
-    ``StopRule(eos=False, stop_strings=())`` always decodes ``max_new_tokens`` tokens."""
-
-    eos: bool = True
-    stop_strings: tuple[str, ...] = ("\n",)
-
-    def cut(self, text: str) -> str:
-        for stop in self.stop_strings:
-            text = text.split(stop)[0]
-        return text
+__all__ = ["DEFAULT_STOP", "StopRule", "decode_answer", "generate", "generate_ids"]
 
 
-DEFAULT_STOP = StopRule()
 
 
 def check_max_new_tokens(max_new_tokens: int) -> int:
@@ -119,20 +105,11 @@ def generate_ids(
     return result
 
 
-def decode_answer(lm: LoadedModel, ids: Sequence[int], stop: StopRule = DEFAULT_STOP) -> str:
-    """The answer text of generated ids: the stopping EOS dropped, cut at the first newline, stripped."""
-    ids = list(ids)
-    if stop.eos and ids and ids[-1] == lm.tokenizer.eos_token_id:
-        ids = ids[:-1]
-    text = lm.tokenizer.decode(ids, skip_special_tokens=False)
-    return stop.cut(text).strip()
-
-
 def generate(
     lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 1, *, stop: StopRule = DEFAULT_STOP, **kwargs
 ) -> list[str]:
     """Decoded answers of :func:`generate_ids` (regular ICL or zero-shot when no patch is given)."""
-    prompts = check_queries(prompts, "prompts")
+    prompts = check_strings(prompts, "prompts")
     ids = generate_ids(lm, prompts, max_new_tokens, stop=stop, **kwargs)
     return [decode_answer(lm, row, stop) for row in ids]
 
@@ -153,9 +130,6 @@ def apply_generate(
 
     check_compatible(lm, task_vector)
     queries = check_queries(queries)
-    blank = [q for q in queries if not q.strip()]
-    if blank:
-        raise TaskvecError(f"query {blank[0]!r} is empty; expected the input of the task, e.g. 'France'")
     prompts, chosen, theta = patch_inputs(lm, task_vector, queries, layer, template)
     return generate(lm, prompts, max_new_tokens, stop=stop, patch_layers=[chosen] * len(prompts),
                     patch_vectors=theta, batch_size=batch_size)  # fmt: skip

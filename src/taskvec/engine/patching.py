@@ -7,17 +7,13 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.engine.compat import check_compatible
-from taskvec.engine.forward import (
-    DEFAULT_BATCH_SIZE,
-    check_layers,
-    check_queries,
-    decode_predictions,
-    predict_token_ids,
-)
-from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.decoding import decode_predictions
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, predict_token_ids
 from taskvec.engine.task_vector import TaskVector
+from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 
 
 def template_of(task_vector: TaskVector) -> PromptTemplate:

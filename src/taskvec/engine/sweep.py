@@ -14,19 +14,22 @@ from dataclasses import dataclass
 
 import torch
 
+from taskvec.core.layers import best_layer
 from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
-from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits, patches_for_rows
+from taskvec.engine.decoding import decode_predictions
+from taskvec.engine.forward import check_layers, next_token_logits, patches_for_rows
 from taskvec.engine.hooks import patch_last_position, skip_blocks
 from taskvec.engine.numerics import check_finite
 from taskvec.engine.patching import check_compatible, template_of
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
 from taskvec.engine.task_vector import TaskVector
+from taskvec.engine.validation import check_queries
 from taskvec.engine.vocab_argmax import argmax_and_margin, top_two_gap
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +165,7 @@ class SweepResult:
     @property
     def best_layer(self) -> int | None:
         """The layer with the best accuracy, the first one on ties."""
-        if self.accuracy is None:
-            return None
-        best = max(range(len(self.layers)), key=lambda i: (self.accuracy[i], -i))
-        return self.layers[best]
+        return None if self.accuracy is None else best_layer(self.accuracy, self.layers)
 
 
 def layer_sweep(

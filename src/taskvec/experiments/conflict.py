@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from taskvec.engine.forward import decode_predictions, predict_token_ids
+from taskvec.engine.decoding import decode_predictions
+from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.patching import patched_token_ids
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.experiments.analysis_setup import (

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from taskvec.core.layers import best_index
 from taskvec.engine.extraction import extract_task_vector
 from taskvec.engine.forward import check_layers
 from taskvec.engine.sweep import layer_sweep
@@ -79,7 +80,7 @@ def extract_for_task(
     layers = list(range(lm.num_layers)) if config.layer is None else [config.layer]
     sweep = layer_sweep(lm, theta, [p.input for p in dev], layers=layers)
     accuracy = [sum(is_correct(p, d, task.scoring) for p, d in zip(row, dev)) / len(dev) for row in sweep.predictions]
-    best = max(range(len(layers)), key=lambda i: (accuracy[i], -i))
+    best = best_index(accuracy)
     theta.layer = layers[best]
     theta.metadata.update(
         task=task.name,

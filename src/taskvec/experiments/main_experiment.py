@@ -8,17 +8,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from taskvec.core.layers import best_layer
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, recheck_patched, recheck_plain
+from taskvec.engine.decoding import decode_predictions
 from taskvec.engine.extraction import group_means, mean_states
-from taskvec.engine.forward import decode_predictions, predict_token_ids
+from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.patching import patched_token_ids
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MIXED
 from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.prompts import PromptTemplate
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
@@ -120,11 +122,6 @@ def _theta_fn(lm: LoadedModel, template: PromptTemplate, sets: list[EvalSet], ba
         return set_vectors(lm, template, [sets[i] for i in which], layers, batch_size, shared)
 
     return theta
-
-
-def best_layer(accuracy_by_layer: list[float]) -> int:
-    """The layer with the top accuracy, the first one on ties."""
-    return max(range(len(accuracy_by_layer)), key=lambda layer: (accuracy_by_layer[layer], -layer))
 
 
 def _test_theta_and_icl(

@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskvec.core.layers import best_layer
+from taskvec.engine.decoding import decode_predictions
 from taskvec.engine.extraction import mean_states
-from taskvec.engine.forward import decode_predictions
 from taskvec.engine.generation import generate
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.models.loading import LoadedModel
@@ -67,7 +68,7 @@ def evaluate_multitoken(lm: LoadedModel, task: Task, config: MultiTokenConfig = 
         firsts = decode_predictions(lm, ids)
         ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(firsts, dev_sets)]
         dev_accuracy.append(sum(ok) / len(ok))
-    layer = max(range(lm.num_layers), key=lambda i: (dev_accuracy[i], -i))
+    layer = best_layer(dev_accuracy)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
                     "answer_prefix": template.answer_prefix, "groups": {}}  # fmt: skip
