@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import taskvec
+from taskvec.api.extraction import mean_states
 from taskvec.cli import main
-from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.prompts import PromptTemplate
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from taskvec.engine.validation import answer_token_counts
 from taskvec.models.loading import LoadedModel
+from taskvec.models.tokens import answer_token_counts
 from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.tasks.definitions import Pair, Task
 
