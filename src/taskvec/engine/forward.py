@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from taskvec.core.sites import Edit, Read, Site, replacements
+from taskvec.core.sites import Edit, replacements
 from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.hooks import StopForward, capture_last_position
@@ -62,59 +62,6 @@ def prompt_states(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int]
     return states
 
 
-@torch.no_grad()
-def read_sites(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    sites: Sequence[Site],
-    edits: Sequence[Edit | None] | None = None,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> dict[Site, torch.Tensor]:
-    """The value at each site (a block output or a head's output, at the site's position) of each prompt run
-    whole with ``edits[i]`` applied: ``{site: (N, D)}`` float32 on the CPU. Forwards stop after the deepest
-    block a site is in."""
-    if not sites:
-        raise TaskvecError("no sites to read")
-    check_layers(lm, [s.layer for s in sites])
-    deepest = max(s.layer for s in sites)
-    rows = encode(lm, prompts)
-    found: dict[Site, torch.Tensor] = {}
-    for group in length_sorted_chunks(rows, batch_size):
-        batch = collate(lm, [rows[i] for i in group])
-        store: dict[Site, torch.Tensor] = {}
-        own = [edits[i] for i in group] if edits is not None else ()
-        stop = capture_last_position(lm.adapter.layers, [deepest], {}, stop_after_last=True)
-        with intervene(lm.adapter, own, [Read(s) for s in sites], store), stop, contextlib.suppress(StopForward):
-            lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-        record_batch(batch, blocks=deepest + 1)
-        for site in sites:
-            value = check_finite(store[site].float().cpu(), "read values", lm.dtype)
-            found.setdefault(site, torch.empty(len(rows), value.shape[-1]))[group] = value
-    return found
-
-
-@torch.no_grad()
-def next_token_logprobs(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    token_ids: Sequence[int],
-    edits: Sequence[Edit | None] | None = None,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> torch.Tensor:
-    """Log-probability (N,) of ``token_ids[i]`` as the next token of prompt i, ``edits[i]`` applied."""
-    rows = encode(lm, prompts)
-    wanted = torch.as_tensor(list(token_ids), dtype=torch.long)
-    out = torch.empty(len(rows))
-    for group in length_sorted_chunks(rows, batch_size):
-        batch = collate(lm, [rows[i] for i in group])
-        with intervene(lm.adapter, [edits[i] for i in group] if edits is not None else ()):
-            logits = next_token_logits(lm, batch)
-        out[group] = logits.log_softmax(dim=-1).gather(1, wanted[group][:, None])[:, 0]
-    return out
-
-
 def record_batch(batch: Batch, blocks: int, logit_rows: int = 0) -> None:
     """Count a forward over ``batch``'s new columns (all of them without a cache) for the accounting."""
     new = batch.attention_mask[:, -batch.input_ids.shape[1] :]
@@ -137,6 +84,15 @@ def check_layers(lm: LoadedModel, layers: Sequence[int]) -> list[int]:
     return checked
 
 
+def edited_batches(
+    lm: LoadedModel, prompts: Sequence[str], edits: Sequence[Edit | None] | None, batch_size: int
+) -> Iterator[tuple[list[int], Batch, Sequence[Edit | None]]]:
+    """Prompts of similar length batched together: (their indices, the batch, their edits)."""
+    rows = encode(lm, prompts)
+    for group in length_sorted_chunks(rows, batch_size):
+        yield group, collate(lm, [rows[i] for i in group]), [edits[i] for i in group] if edits is not None else ()
+
+
 @torch.no_grad()
 def predict_ids(
     lm: LoadedModel,
@@ -152,12 +108,10 @@ def predict_ids(
 
     Without ``shortcuts`` the model's own logits decide; with them, the vocabulary shortlist once it is
     verified for this model (on the first batch, against the logits)."""
-    rows = encode(lm, prompts)
-    result = torch.empty(len(rows), dtype=torch.long)
-    margins = torch.empty(len(rows)) if with_margins else None
-    for group in length_sorted_chunks(rows, batch_size):
-        batch = collate(lm, [rows[i] for i in group])
-        with intervene(lm.adapter, [edits[i] for i in group] if edits is not None else ()):
+    result = torch.empty(len(prompts), dtype=torch.long)
+    margins = torch.empty(len(prompts)) if with_margins else None
+    for group, batch, own in edited_batches(lm, prompts, edits, batch_size):
+        with intervene(lm.adapter, own):
             result[group], gaps = next_token_ids_and_margins(lm, batch, with_margins=with_margins, shortcuts=shortcuts)
         if margins is not None:
             margins[group] = gaps

@@ -10,8 +10,9 @@ import torch
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
 from taskvec.core.interfaces import Method, Predictions
 from taskvec.core.sites import Edit, Site
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, next_token_logprobs, read_sites
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.generation import generate
+from taskvec.engine.reading import next_token_logprobs, read_sites
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
 
