@@ -12,7 +12,7 @@ slowest baseline, logits at all positions, runs ``--naive-all-repeats`` times, d
 3. seconds per 100 patched predictions (``apply_task_vector``, to_upper, layer 11).
 4. the layer sweep of 50 queries over all layers: ``sweep_token_ids`` (prefix key/value cache, last
    token only per layer) VERSUS a full forward per layer with last-position logits
-   (``patched_token_ids``), and VERSUS a full forward per layer computing logits at every position
+   (``predict_token_ids`` with patches), and VERSUS a full forward per layer computing logits at every position
    (what a user without the engine would write). Rows for to_upper (short queries) and list_last
    (longer queries). The cached sweep must give the same token ids as the full forward (exit 1 if not).
 5. peak RSS of this process.
@@ -48,11 +48,12 @@ from collections.abc import Callable
 import torch
 
 import taskvec
+from taskvec.api.extraction import mean_states
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.sites import replacements
 from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.extraction import mean_states
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, decode_predictions
-from taskvec.engine.hooks import patch_last_position
-from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, predict_token_ids
+from taskvec.engine.interventions import intervene
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.tasks import builtin_task, prepare_task
 from taskvec.tasks.sampling import build_sets, query_stream
@@ -205,7 +206,9 @@ def naive_last_logits(lm, prompts, vectors, layers=None) -> torch.Tensor:
     """A full forward of every prompt per layer, logits at the last position only (the engine's path)."""
     n = len(prompts)
     layers = range(lm.num_layers) if layers is None else layers
-    return torch.stack([patched_token_ids(lm, prompts, vectors[:, layer], [layer] * n) for layer in layers])
+    return torch.stack(
+        [predict_token_ids(lm, prompts, patch_layers=[layer] * n, patch_vectors=vectors[:, layer]) for layer in layers]
+    )
 
 
 @torch.no_grad()
@@ -221,8 +224,7 @@ def naive_all_logits(lm, prompts, vectors, layers=None) -> torch.Tensor:
     for k, layer in enumerate(layers):
         for group in length_sorted_chunks(rows, DEFAULT_BATCH_SIZE):
             batch = collate(lm, [rows[i] for i in group])
-            patch = {layer: (torch.arange(len(group)), vectors[group, layer])}
-            with patch_last_position(lm.adapter.layers, patch):
+            with intervene(lm.adapter, replacements([layer] * len(group), vectors[group, layer])):
                 logits = lm.model(**batch.model_inputs()).logits
             out[k, group] = logits[:, -1, :].argmax(dim=-1).cpu()
     return out

@@ -56,7 +56,7 @@ def main() -> None:
 
     import taskvec
     from taskvec.experiments import MainConfig
-    from taskvec.models.devices import dispatch_split, interleaved_map
+    from taskvec.models.dispatch import dispatch_split, interleaved_map
 
     config = MainConfig(model=args.model, tasks=tuple(args.tasks.split(",")), n_dev=args.n, n_test=args.n,
                         n_baseline=args.n)  # fmt: skip

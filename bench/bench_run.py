@@ -6,8 +6,8 @@
 Each mode is one ``taskvec run`` (``run_main``) in a fresh subprocess on a warm model cache, so its wall
 time and peak RSS are its own:
 
-- ``reference``: float32, every prompt run whole (the straightforward path);
-- ``fast``: float32, the default engine (demonstration prefixes shared, cached layer sweep);
+- ``reference``: float32, the plain executor (every prompt run whole, one forward per layer of the sweep);
+- ``fast``: float32, the fast executor (demonstration prefixes shared, cached layer sweep, vocabulary shortlist);
 - ``fast-bf16``: the default engine with the model in bfloat16;
 - ``mixed``: the default engine with ``--dtype mixed`` (bf16 products in the blocks, float32 elsewhere,
   close calls recomputed in float32: stage ``recheck``).
@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 
 MODES = {
-    "reference": {"dtype": "float32", "shared_prefix": False},
-    "fast": {"dtype": "float32", "shared_prefix": True},
-    "fast-bf16": {"dtype": "bfloat16", "shared_prefix": True},
-    "mixed": {"dtype": "mixed", "shared_prefix": True},
+    "reference": {"dtype": "float32", "executor": "plain"},
+    "fast": {"dtype": "float32", "executor": "fast"},
+    "fast-bf16": {"dtype": "bfloat16", "executor": "fast"},
+    "mixed": {"dtype": "mixed", "executor": "fast"},
 }
 STAGES = ["load", "prepare", "dev_theta", "dev_sweep", "test_theta_icl", "test_tv", "baseline", "recheck"]
 
@@ -85,7 +85,7 @@ def child(mode: str, model: str, tasks: list[str], out_dir: str, seed: int) -> N
     load_started = time.perf_counter()
     lm = load_model(model, dtype=settings["dtype"])
     load_seconds = time.perf_counter() - load_started
-    results = run_main(config, out_dir, lm=lm, shared_prefix=settings["shared_prefix"])
+    results = run_main(config, out_dir, lm=lm, executor=settings["executor"])
     blocks = lm.adapter.layers
     block_params = sum(p.numel() for p in blocks.parameters() if p.dim() >= 2) / len(blocks)
     unembedding = lm.adapter.unembedding.weight

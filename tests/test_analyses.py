@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import VOCAB, make_tiny_model
+from tiny_models import VOCAB, make_tiny_model, patched_token_ids
 
+from taskvec.api.extraction import mean_states
 from taskvec.cli import main
 from taskvec.engine.batching import collate, encode
-from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import last_position_states, next_token_logits, predict_token_ids
-from taskvec.engine.patching import patched_token_ids
 from taskvec.engine.projection import logit_softcap, project_to_vocab, top_tokens
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.experiments.analysis_setup import LayerOptions, layers_from_run
@@ -22,14 +21,14 @@ from taskvec.experiments.interpret import InterpretConfig, run_interpret
 from taskvec.experiments.robustness import (
     RobustnessConfig,
     check_sizes,
-    cosine_distance_matrix,
     distance_stats,
     embed,
-    load_vectors,
     run_robustness,
     silhouette,
 )
+from taskvec.io.vector_files import load_vectors
 from taskvec.report.analysis_render import write_conflict, write_interpret, write_robustness
+from taskvec.stats import cosine_distance_matrix
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import builtin_task
 

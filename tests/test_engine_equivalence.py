@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import BOS_ID, NUM_LAYERS, VOCAB, VOCAB_SIZE, make_tiny_model, make_tokenizer
+from tiny_models import (
+    BOS_ID,
+    NUM_LAYERS,
+    VOCAB,
+    VOCAB_SIZE,
+    make_tiny_model,
+    make_tokenizer,
+    patch_last_position,
+    patched_token_ids,
+)
 from torch import nn
 
 import taskvec
+from taskvec.api.extraction import mean_states
+from taskvec.core.sites import replacements
 from taskvec.engine import sweep as sweep_module
 from taskvec.engine.batching import collate, encode
-from taskvec.engine.extraction import mean_states
-from taskvec.engine.forward import last_position_states, next_token_logits, patches_for_rows, predict_token_ids
-from taskvec.engine.hooks import StopForward, capture_last_position, patch_last_position, skip_blocks
-from taskvec.engine.patching import patched_token_ids
+from taskvec.engine.forward import last_position_states, next_token_logits, predict_token_ids
+from taskvec.engine.hooks import StopForward, capture_last_position, skip_blocks
+from taskvec.engine.interventions import intervene
+from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.models.adapter import ArchitectureAdapter, find_decoder_layers, find_final_norm
@@ -83,7 +94,7 @@ def donor_states(lm) -> torch.Tensor:
 def full_forward_patched_logits(lm, prompts, vectors: torch.Tensor, layer_of_row) -> torch.Tensor:
     """Logits of one left-padded full forward where row i has ``vectors[i]`` patched at ``layer_of_row[i]``."""
     batch = collate(lm, encode(lm, prompts))
-    with patch_last_position(lm.adapter.layers, patches_for_rows(list(layer_of_row), vectors)):
+    with intervene(lm.adapter, replacements(list(layer_of_row), vectors)):
         return next_token_logits(lm, batch)
 
 
@@ -248,12 +259,12 @@ def test_cached_sweep_equals_full_forward_at_every_layer(lm_any_attn, fast):
     batch = collate(lm, encode(lm, PROMPTS))
     with torch.no_grad():  # as in sweep_token_ids
         cache, arity = sweep_module._prefix_cache(lm, batch)
-        ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)[0]  # (N, L), one forward
+        ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)  # (N, L), one forward
         for layer in layers:
             full = full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS))
             assert_argmax_matches(ids[:, layer], full)
         # The prefix cache is reused, never consumed: a second pass over it gives the same ids.
-        again = sweep_module._last_token_ids(lm, batch, cache, vectors, layers[1:], arity, fast)[0]
+        again = sweep_module._last_token_ids(lm, batch, cache, vectors, layers[1:], arity, fast)
     assert torch.equal(again, ids[:, 1:])
     assert ids.unique().numel() >= 2
 
@@ -291,12 +302,13 @@ def test_argmax_over_vocab_slices_equals_argmax_of_full_logits():
 
 def test_skipping_lower_blocks_is_verified_and_can_be_turned_off(lm):
     fresh = make_tiny_model(lm.model_id.removeprefix("tiny-"), seed=3)
-    assert fresh.adapter.fast_sweep_verified is None
+    shortcuts = Shortcuts()
     vectors = donor_states(fresh)
-    fast = sweep_token_ids(fresh, PROMPTS, vectors)
-    assert fresh.adapter.fast_sweep_verified is True  # every standard decoder passes the check
-    fresh.adapter.fast_sweep_verified = False  # as for a model that shares keys/values across layers
-    assert torch.equal(sweep_token_ids(fresh, PROMPTS, vectors), fast)
+    fast = sweep_token_ids(fresh, PROMPTS, vectors, shortcuts=shortcuts)
+    assert shortcuts.skip_blocks is True and shortcuts.shortlist is True  # every standard decoder passes
+    assert not hasattr(fresh.adapter, "fast_sweep_verified")  # what was learned stays with the caller
+    off = Shortcuts(shortlist=False, skip_blocks=False)  # as for a model that shares keys/values across layers
+    assert torch.equal(sweep_token_ids(fresh, PROMPTS, vectors, shortcuts=off), fast)
 
 
 def test_skip_blocks_restores_forward_even_on_error(lm):
@@ -349,12 +361,13 @@ def test_sweep_last_token_forwards_have_at_most_max_rows_rows(lm, monkeypatch):
 
     vectors = donor_states(lm)
     layers = list(range(lm.num_layers))
-    sweep_token_ids(lm, PROMPTS, vectors, layers)  # the one-time check of the fast path, not counted
-    assert lm.adapter.fast_sweep_verified is True
+    shortcuts = Shortcuts()
+    sweep_token_ids(lm, PROMPTS, vectors, layers, shortcuts=shortcuts)  # the one-time check, not counted
+    assert shortcuts.skip_blocks is True
     monkeypatch.setattr(sweep_module, "argmax_and_margin", counting_argmax)
     for n_prompts, max_rows in [(5, 3), (1, 3), (2, 5), (5, 256)]:
         rows_per_forward.clear()
-        sweep_token_ids(lm, PROMPTS[:n_prompts], vectors[:n_prompts], layers, max_rows=max_rows)
+        sweep_token_ids(lm, PROMPTS[:n_prompts], vectors[:n_prompts], layers, max_rows=max_rows, shortcuts=shortcuts)
         assert max(rows_per_forward) <= max_rows
         assert sum(rows_per_forward) == n_prompts * len(layers)  # every (prompt, layer) pair exactly once
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
-from taskvec.engine.patching import apply_task_vector
+from taskvec.api.patching import apply_task_vector
+from taskvec.api.sweep import layer_sweep
 from taskvec.engine.projection import projected_top_tokens
-from taskvec.engine.sweep import layer_sweep
 from taskvec.errors import TaskvecError
 from taskvec.explore import analysis, compute
 from taskvec.explore.inputs import (
@@ -120,15 +120,16 @@ def test_heatmap_is_the_engines_layer_sweep(tiny, result):
 
 
 def test_gold_probability_is_the_softmax_of_the_patched_logits(tiny, result):
+    from taskvec.core.sites import replacements
     from taskvec.engine.batching import collate, encode
-    from taskvec.engine.forward import next_token_logits, patches_for_rows
-    from taskvec.engine.hooks import patch_last_position
+    from taskvec.engine.forward import next_token_logits
+    from taskvec.engine.interventions import intervene
 
     theta = result["_task_vector"]
     template = compute.template_of(theta)
     layer, query, gold = 1, "f", "g"
     batch = collate(tiny, encode(tiny, [template.query_prompt(query)]))
-    with patch_last_position(tiny.adapter.layers, patches_for_rows([layer], theta.vectors[layer : layer + 1])):
+    with intervene(tiny.adapter.layers, replacements([layer], theta.vectors[layer : layer + 1])):
         logits = next_token_logits(tiny, batch)[0]
     gold_id = compute.answer_tokens(tiny, template, [(query, gold)])[0][0]
     expected = torch.softmax(logits, dim=-1)[gold_id].item()
@@ -222,9 +223,10 @@ def test_bad_uploads_are_clear_errors(tiny, result):
 def test_cached_heatmap_equals_plain_patched_forwards_in_every_family(lm):
     """The heatmap reuses each query's key/value cache; its answers and probabilities are those of whole
     patched forward passes (and of the engine's sweep) in every architecture family."""
+    from taskvec.core.sites import replacements
     from taskvec.engine.batching import collate, encode
-    from taskvec.engine.forward import next_token_logits, patches_for_rows
-    from taskvec.engine.hooks import patch_last_position
+    from taskvec.engine.forward import next_token_logits
+    from taskvec.engine.interventions import intervene
 
     out = analysis.analyse(lm, DEMOS, "f -> g\ngg -> h\nxyz -> k")
     theta = out["_task_vector"]
@@ -236,7 +238,7 @@ def test_cached_heatmap_equals_plain_patched_forwards_in_every_family(lm):
     for layer in range(lm.num_layers):
         batch = collate(lm, encode(lm, prompts))
         vectors = theta.vectors[layer].expand(len(prompts), -1)
-        with patch_last_position(lm.adapter.layers, patches_for_rows([layer] * len(prompts), vectors)):
+        with intervene(lm.adapter.layers, replacements([layer] * len(prompts), vectors)):
             probs = torch.softmax(next_token_logits(lm, batch), dim=-1)
         expected = [probs[j, g].item() for j, g in enumerate(gold)]
         assert out["heatmap"]["gold_prob"][layer] == pytest.approx(expected, rel=1e-3, abs=1e-6)

@@ -15,8 +15,8 @@ from tiny_models import make_tiny_model
 pytest.importorskip("starlette", reason="the explorer's web packages are not installed (pip install taskvec[explore])")
 from starlette.testclient import TestClient
 
+from taskvec.api.task_vector import TaskVector
 from taskvec.cli import main
-from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskvecError
 from taskvec.explore.app import STATIC, create_app
 from taskvec.explore.jobs import MAX_PENDING, BusyError, JobRunner

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tiny_models import make_tiny_model
 
+from taskvec.api.patching import apply_task_vector
+from taskvec.api.task_vector import TaskVector
 from taskvec.cli import main
-from taskvec.engine.patching import apply_task_vector
-from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.tasks.registry import load_task_file
 

@@ -11,12 +11,12 @@ import string
 
 import pytest
 import torch
+from tiny_models import patch_last_position
 
 import taskvec
 from taskvec.cli import main
 from taskvec.engine.batching import collate, encode
 from taskvec.engine.forward import last_position_states, next_token_logits
-from taskvec.engine.hooks import patch_last_position
 from taskvec.engine.prompts import PromptTemplate
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import taskvec
+from taskvec.api.extraction import mean_states
 from taskvec.cli import main
-from taskvec.engine.extraction import mean_states
+from taskvec.core.decoding import decode_predictions
 from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.prompts import PromptTemplate
 
@@ -39,5 +40,5 @@ def test_batch_size_does_not_change_float32_predictions_on_gemma():
         assert torch.equal(ids[bs][0], ids[32][0]) and torch.equal(ids[bs][1], ids[32][1]), bs
     states = {bs: mean_states(lm, [[p] for p in icl[:6]], [6, 9], batch_size=bs) for bs in (1, 32)}
     assert torch.allclose(states[1], states[32], rtol=1e-4, atol=1e-4)
-    upper = sum(p == q.upper() for p, q in zip(taskvec.engine.forward.decode_predictions(lm, ids[32][0]), QUERIES))
+    upper = sum(p == q.upper() for p, q in zip(decode_predictions(lm, ids[32][0]), QUERIES))
     assert upper >= len(QUERIES) // 2  # the ICL prompts work: the agreement above is not agreement on noise

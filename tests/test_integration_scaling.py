@@ -9,7 +9,7 @@ import torch
 
 import taskvec
 from taskvec.engine.prompts import PromptTemplate
-from taskvec.models.devices import dispatch_split, interleaved_map
+from taskvec.models.dispatch import dispatch_split, interleaved_map
 
 pytestmark = pytest.mark.integration
 

@@ -135,7 +135,7 @@ def test_atomic_writes_survive_kill_9(tmp_path):
     """A process rewriting a 3 MB file is killed at random moments: the file is always one whole version."""
     target = tmp_path / "results.json"
     rng = random.Random(5)
-    module = Path(SRC) / "taskvec" / "report" / "results_io.py"
+    module = Path(SRC) / "taskvec" / "io" / "atomic.py"
     for _ in range(10):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(module)], stdout=subprocess.PIPE)
         proc.stdout.readline()  # at least one version written
@@ -233,7 +233,7 @@ def test_a_full_disk_loses_nothing(fail_at, model_dir, reference, tmp_path, monk
     """The ``fail_at``-th file write fails with ENOSPC: exit 1 with one line, no partial file; rerun completes."""
     import errno
 
-    from taskvec.report import results_io
+    from taskvec.io import atomic as results_io
 
     writes = []
     real_fsync = results_io.os.fsync

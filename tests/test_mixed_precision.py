@@ -9,11 +9,12 @@ import torch
 from tiny_models import make_tiny_model
 
 from taskvec.engine.batching import collate, encode
-from taskvec.engine.close_calls import check_recheck_margin, recheck_plain
-from taskvec.engine.forward import next_token_logits, predict_token_ids
+from taskvec.engine.close_calls import check_recheck_margin
+from taskvec.engine.forward import next_token_logits, predict_ids, predict_token_ids
 from taskvec.errors import TaskvecError
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.models.precision import MixedLinear, enable_mixed_precision, exact_products, is_mixed
+from taskvec.runtime.fast import FastExecutor
 from taskvec.tasks import builtin_task, prepare_task
 
 PROMPTS = ["example:abc->", "example:hello->", "example:x->", "example:tree->", "example:b->"]
@@ -56,22 +57,22 @@ def test_gpt2_conv1d_blocks_are_not_converted():
     assert lm.precision == "float32"
 
 
-def test_recheck_plain_recomputes_exactly_the_close_calls():
+def test_fast_executor_recomputes_exactly_the_close_calls():
     plain, mixed = mixed_copy("llama")
     expected = predict_token_ids(plain, PROMPTS)
-    ids, margins = predict_token_ids(mixed, PROMPTS, with_margins=True)
+    ids, margins = predict_ids(mixed, PROMPTS, with_margins=True)
+    assert margins is not None and margins.shape == ids.shape
+    executor = FastExecutor(mixed, batch_size=2, recheck_margin=0.1)
     wrong = ids.clone()
     wrong[:] = (expected + 1) % 50  # every answer wrong: only the rechecked ones get repaired
     margins = torch.tensor([0.0, 1.0, 0.05, 2.0, float("nan")])
-    other = wrong[:2].clone()
-    done, done_other = recheck_plain(
-        mixed, [(PROMPTS, wrong, margins), (PROMPTS[:2], other, torch.tensor([1.0, 0.01]))], 0.1, batch_size=2
-    )
+    done = executor._recheck(PROMPTS, wrong, margins, None, None)
     assert done.mask.tolist() == [True, False, True, False, False]
     assert torch.equal(wrong[done.mask], expected[done.mask])
     assert torch.equal(wrong[~done.mask], ((expected + 1) % 50)[~done.mask])
     assert done.changed == 2
-    assert done_other.mask.tolist() == [False, True] and int(other[1]) == int(expected[1]) and done_other.changed == 1
+    assert FastExecutor(plain).predict(PROMPTS).rechecked is None  # float32: nothing to recheck
+    assert FastExecutor(mixed, recheck_margin=None).predict(PROMPTS).rechecked is None
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -114,19 +115,3 @@ def test_cli_refuses_a_bad_recheck_margin(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "recheck margin 3.0" in err[0]
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("family", ["llama", "gptj"])
-def test_sweep_margins_equal_those_of_full_patched_forwards(family):
-    from taskvec.engine.sweep import sweep_token_ids
-
-    lm = make_tiny_model(family)
-    torch.manual_seed(0)
-    vectors = torch.randn(len(PROMPTS), lm.num_layers, lm.model.config.get_text_config().hidden_size)
-    ids, margins = sweep_token_ids(lm, PROMPTS, vectors, with_margins=True)
-    for layer in range(lm.num_layers):
-        full_ids, full_margins = predict_token_ids(
-            lm, PROMPTS, patch_layers=[layer] * len(PROMPTS), patch_vectors=vectors[:, layer], with_margins=True
-        )
-        assert torch.equal(ids[layer], full_ids)
-        torch.testing.assert_close(margins[layer], full_margins, atol=1e-4, rtol=1e-4)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
+from taskvec.api.extraction import mean_states
 from taskvec.cli import main
-from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.numerics import check_finite
 from taskvec.engine.sweep import sweep_token_ids

@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
+from taskvec.api.extraction import mean_states
 from taskvec.engine.accounting import accounting
-from taskvec.engine.extraction import mean_states
 from taskvec.engine.forward import predict_token_ids
 from taskvec.engine.shared_prefix import common_prefix_length, run_prompt_groups
 from taskvec.errors import TaskDataError, TaskvecError
@@ -101,6 +101,7 @@ def test_bad_arguments():
 def test_protocol_fast_path_equals_straightforward_path(family):
     """The whole per-task protocol (dev theta, sweep, test theta + ICL, TV, baseline): identical rows."""
     from taskvec.experiments.main_experiment import MainConfig, evaluate_task
+    from taskvec.runtime import make_executor
     from taskvec.tasks import builtin_task, prepare_task
 
     lm = make_tiny_model(family)
@@ -108,9 +109,9 @@ def test_protocol_fast_path_equals_straightforward_path(family):
     for name in ("to_upper", "next_letter"):
         prepared = prepare_task(lm, builtin_task(name))
         with accounting() as fast_work:
-            fast, fast_rows = evaluate_task(lm, prepared, config, shared_prefix=True)
+            fast, fast_rows = evaluate_task(lm, prepared, config, executor=make_executor(lm, "fast", 4))
         with accounting() as plain_work:
-            plain, plain_rows = evaluate_task(lm, prepared, config, shared_prefix=False)
+            plain, plain_rows = evaluate_task(lm, prepared, config, executor=make_executor(lm, "plain", 4))
         assert fast_rows == plain_rows
         assert {k: v for k, v in fast.items() if k != "seconds"} == {k: v for k, v in plain.items() if k != "seconds"}
         assert fast_work.total().block_tokens < plain_work.total().block_tokens

@@ -11,7 +11,7 @@ import torch
 from tiny_models import make_tiny_model
 
 import taskvec
-from taskvec.engine.task_vector import FORMAT_VERSION, vectors_sha256
+from taskvec.api.task_vector import FORMAT_VERSION, vectors_sha256
 from taskvec.errors import IncompatibleModelError, TaskvecError, TaskVectorFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

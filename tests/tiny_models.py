@@ -146,3 +146,24 @@ def make_tiny_model(
     tokenizer = make_tokenizer(with_bos)
     adapter = ArchitectureAdapter.from_model(model, tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=f"tiny-{family}")
+
+
+def patch_last_position(layers, patches):
+    """Test shorthand: ``patches[l] = (rows, vectors)`` replace block l's output of those batch rows at the
+    last position (one :class:`~taskvec.core.sites.Replace` per row, applied by ``intervene``)."""
+    from taskvec.core.sites import Replace, Site
+    from taskvec.engine.interventions import intervene
+
+    n = max((int(rows.max()) + 1 for rows, _ in patches.values() if len(rows)), default=0)
+    edits = [[] for _ in range(n)]
+    for layer, (rows, vectors) in patches.items():
+        for row, vector in zip(rows.tolist(), vectors):
+            edits[row].append(Replace(Site(layer), vector))
+    return intervene(layers, edits)
+
+
+def patched_token_ids(lm, prompts, vectors, layers, batch_size=32):
+    """Test shorthand: next tokens with row i's block output at ``layers[i]`` replaced by ``vectors[i]``."""
+    from taskvec.engine.forward import predict_token_ids
+
+    return predict_token_ids(lm, prompts, patch_layers=list(layers), patch_vectors=vectors, batch_size=batch_size)

@@ -1,6 +1,6 @@
 """taskvec: in-context-learning task vectors (Hendel, Geva & Globerson, 2023) for Hugging Face causal LMs."""
 
-from taskvec.engine import (
+from taskvec.api import (
     PromptTemplate,
     SweepResult,
     TaskVector,
@@ -10,8 +10,7 @@ from taskvec.engine import (
 )
 from taskvec.errors import TaskvecError
 from taskvec.models import BUNDLED_MODELS, DEFAULT_MODEL, LoadedModel, load_model
-
-__version__ = "0.1.0"
+from taskvec.version import __version__
 
 __all__ = [
     "BUNDLED_MODELS",

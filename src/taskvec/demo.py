@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from taskvec.engine.extraction import extract_task_vector
-from taskvec.engine.forward import decode_predictions, predict_token_ids
-from taskvec.engine.patching import apply_task_vector
-from taskvec.engine.sweep import layer_sweep
+from taskvec.api.extraction import extract_task_vector
+from taskvec.api.patching import apply_task_vector
+from taskvec.api.sweep import layer_sweep
+from taskvec.core.decoding import decode_predictions
+from taskvec.engine.forward import predict_token_ids
 from taskvec.models.loading import LoadedModel
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import builtin_task

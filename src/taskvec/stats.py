@@ -1,9 +1,11 @@
-"""Accuracy with a 95% Wilson score interval, and means over tasks."""
+"""Accuracy with a 95% Wilson score interval, means over tasks, cosine distances between vectors."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 _Z95 = 1.959963984540054
 
@@ -50,3 +52,9 @@ def summarize(task_results: dict[str, dict]) -> dict:
         "by_category": {c: means(items) for c, items in categories.items()},
         "mean_best_layer_fraction": sum(fractions) / len(fractions) if fractions else None,
     }
+
+
+def cosine_distance_matrix(vectors: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity between every two rows."""
+    unit = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    return np.clip(1.0 - unit @ unit.T, 0.0, 2.0)

@@ -51,8 +51,8 @@ def read_queries(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from taskvec.api.task_vector import TaskVector
     from taskvec.engine.generation import check_max_new_tokens
-    from taskvec.engine.task_vector import TaskVector
     from taskvec.models.loading import check_model_spec, load_model
 
     check_max_new_tokens(args.max_new_tokens)

@@ -1,22 +1,24 @@
-"""Multi-token greedy decoding, optionally with theta patched at the last prompt position.
+"""Multi-token greedy decoding, optionally with an edit (e.g. theta) on the prompt's first forward.
 
-The first forward runs the whole (left-padded) prompt batch, with theta replacing block ``L``'s output at
-the last prompt position (:func:`taskvec.engine.hooks.patch_last_position`); its key/value cache then
-serves the following steps, which run one new token per row with no patch, explicit position ids and an
-attention mask that grows by one column per step. Regular ICL and zero-shot decoding go through the same
-function without a patch.
+The first forward runs the whole (left-padded) prompt batch, each row with its edit applied
+(:func:`taskvec.engine.interventions.intervene`; theta replaces block ``L``'s output at the last prompt
+position); its key/value cache then serves the following steps, which run one new token per row with no
+edit, explicit position ids and an attention mask that grows by one column per step. Regular ICL and
+zero-shot decoding go through the same function without edits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_answer
+from taskvec.core.sites import Edit, replacements
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, check_queries, patches_for_rows
-from taskvec.engine.hooks import patch_last_position
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
+from taskvec.engine.interventions import intervene
+from taskvec.engine.validation import check_strings
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
@@ -24,24 +26,7 @@ from taskvec.models.loading import LoadedModel
 #: Upper bound of ``max_new_tokens``: answers of a task are short; longer runs are not what this is for.
 MAX_NEW_TOKENS_LIMIT = 256
 
-
-@dataclass(frozen=True)
-class StopRule:
-    """When a row stops: at the end-of-sequence token (``eos``) and at the first generated token whose text
-    contains one of ``stop_strings`` (default a newline: the paper's prompts put one demonstration per
-    line). The answer is the decoded text before the first stop string; an EOS that stopped a row is dropped.
-    ``StopRule(eos=False, stop_strings=())`` always decodes ``max_new_tokens`` tokens."""
-
-    eos: bool = True
-    stop_strings: tuple[str, ...] = ("\n",)
-
-    def cut(self, text: str) -> str:
-        for stop in self.stop_strings:
-            text = text.split(stop)[0]
-        return text
-
-
-DEFAULT_STOP = StopRule()
+__all__ = ["DEFAULT_STOP", "StopRule", "decode_answer", "generate", "generate_ids"]
 
 
 def check_max_new_tokens(max_new_tokens: int) -> int:
@@ -63,14 +48,14 @@ def _stops(lm: LoadedModel, token_id: int, stop: StopRule) -> bool:
 
 @torch.no_grad()
 def _generate_batch(
-    lm: LoadedModel, batch: Batch, patches: dict, max_new_tokens: int, stop: StopRule
+    lm: LoadedModel, batch: Batch, edits: Sequence[Edit | None], max_new_tokens: int, stop: StopRule
 ) -> list[list[int]]:
     """Generated ids of each row of one batch, the stopping token included (it is cut by the caller)."""
     n = len(batch)
     kwargs = batch.model_inputs()
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
-    with patch_last_position(lm.adapter.layers, patches):
+    with intervene(lm.adapter, edits):
         out = lm.model(**kwargs, use_cache=max_new_tokens > 1)
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
@@ -97,65 +82,31 @@ def generate_ids(
     prompts: Sequence[str],
     max_new_tokens: int = 1,
     *,
+    edits: Sequence[Edit | None] | None = None,
     patch_layers: Sequence[int] | None = None,
     patch_vectors: torch.Tensor | None = None,
     stop: StopRule = DEFAULT_STOP,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[list[int]]:
-    """Greedy continuation ids of each prompt (stopping token included), row i patched with
-    ``patch_vectors[i]`` at block ``patch_layers[i]`` on the first forward when given."""
+    """Greedy continuation ids of each prompt (stopping token included), ``edits[i]`` applied to row i on
+    the first forward; ``patch_layers``/``patch_vectors`` are short for replacing block outputs there."""
     check_max_new_tokens(max_new_tokens)
     rows = encode(lm, prompts)
-    if patch_layers is not None:
-        check_layers(lm, patch_layers)
+    if patch_layers is not None and patch_vectors is not None:
+        edits = replacements(check_layers(lm, patch_layers), patch_vectors)
     result: list[list[int]] = [[] for _ in rows]
     for group in length_sorted_chunks(rows, batch_size):
-        patches = {}
-        if patch_layers is not None and patch_vectors is not None:
-            patches = patches_for_rows([patch_layers[i] for i in group], patch_vectors[group])
-        ids = _generate_batch(lm, collate(lm, [rows[i] for i in group]), patches, max_new_tokens, stop)
+        own = [edits[i] for i in group] if edits is not None else []
+        ids = _generate_batch(lm, collate(lm, [rows[i] for i in group]), own, max_new_tokens, stop)
         for i, row_ids in zip(group, ids):
             result[i] = row_ids
     return result
 
 
-def decode_answer(lm: LoadedModel, ids: Sequence[int], stop: StopRule = DEFAULT_STOP) -> str:
-    """The answer text of generated ids: the stopping EOS dropped, cut at the first newline, stripped."""
-    ids = list(ids)
-    if stop.eos and ids and ids[-1] == lm.tokenizer.eos_token_id:
-        ids = ids[:-1]
-    text = lm.tokenizer.decode(ids, skip_special_tokens=False)
-    return stop.cut(text).strip()
-
-
 def generate(
     lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 1, *, stop: StopRule = DEFAULT_STOP, **kwargs
 ) -> list[str]:
-    """Decoded answers of :func:`generate_ids` (regular ICL or zero-shot when no patch is given)."""
-    prompts = check_queries(prompts, "prompts")
+    """Decoded answers of :func:`generate_ids` (regular ICL or zero-shot when no edit is given)."""
+    prompts = check_strings(prompts, "prompts")
     ids = generate_ids(lm, prompts, max_new_tokens, stop=stop, **kwargs)
     return [decode_answer(lm, row, stop) for row in ids]
-
-
-def apply_generate(
-    lm: LoadedModel,
-    task_vector,
-    queries: Sequence[str],
-    max_new_tokens: int = 1,
-    *,
-    layer: int | None = None,
-    template=None,
-    stop: StopRule = DEFAULT_STOP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[str]:
-    """Answers to ``queries`` with ``task_vector`` patched at ``layer`` (default: its stored layer)."""
-    from taskvec.engine.patching import check_compatible, patch_inputs
-
-    check_compatible(lm, task_vector)
-    queries = check_queries(queries)
-    blank = [q for q in queries if not q.strip()]
-    if blank:
-        raise TaskvecError(f"query {blank[0]!r} is empty; expected the input of the task, e.g. 'France'")
-    prompts, chosen, theta = patch_inputs(lm, task_vector, queries, layer, template)
-    return generate(lm, prompts, max_new_tokens, stop=stop, patch_layers=[chosen] * len(prompts),
-                    patch_vectors=theta, batch_size=batch_size)  # fmt: skip

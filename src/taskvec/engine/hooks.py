@@ -1,4 +1,6 @@
-"""Forward hooks on decoder blocks: read or replace the block output at the last position.
+"""Forward hooks on decoder blocks: read the block output at the last position, stop or skip blocks.
+
+Edits (replace, add) are applied by :func:`taskvec.engine.interventions.intervene`.
 
 Every context manager removes its hooks on exit, also when the forward pass raises. A block output
 is either a tensor or a tuple whose first item is the hidden state (GPT-J); both are handled.
@@ -6,18 +8,18 @@ is either a tensor or a tuple whose first item is the hidden state (GPT-J); both
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 
-def _hidden(output) -> torch.Tensor:
+def hidden_of(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _with_hidden(output, hidden: torch.Tensor):
+def with_hidden(output, hidden: torch.Tensor):
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -26,7 +28,7 @@ class StopForward(Exception):
 
 
 @contextmanager
-def _registered(handles: list) -> Iterator[None]:
+def registered(handles: list) -> Iterator[None]:
     try:
         yield
     finally:
@@ -47,38 +49,14 @@ def capture_last_position(
 
     def make(index: int):
         def hook(module, args, output):
-            store[index] = _hidden(output)[:, -1, :].detach()
+            store[index] = hidden_of(output)[:, -1, :].detach()
             if stop_after_last and index == deepest:
                 raise StopForward
 
         return hook
 
     handles = [layers[i].register_forward_hook(make(i)) for i in which]
-    with _registered(handles):
-        yield
-
-
-@contextmanager
-def patch_last_position(
-    layers: nn.ModuleList, patches: Mapping[int, tuple[torch.Tensor, torch.Tensor]]
-) -> Iterator[None]:
-    """Replace the output of block ``l`` at the last position by given vectors.
-
-    ``patches[l] = (rows, vectors)``: batch rows ``rows`` (LongTensor, R) get ``vectors`` (R, H) at
-    block ``l``. Different rows of one batch may be patched at different blocks.
-    """
-
-    def make(rows: torch.Tensor, vectors: torch.Tensor):
-        def hook(module, args, output):
-            hidden = _hidden(output)
-            patched = hidden.clone()
-            patched[rows.to(hidden.device), -1, :] = vectors.to(device=hidden.device, dtype=hidden.dtype)
-            return _with_hidden(output, patched)
-
-        return hook
-
-    handles = [layers[i].register_forward_hook(make(rows, vecs)) for i, (rows, vecs) in patches.items()]
-    with _registered(handles):
+    with registered(handles):
         yield
 
 

@@ -1,22 +1,13 @@
-"""Checks on user-given demonstrations, with errors that name the bad value."""
+"""Checks on user-given demonstrations and queries, with errors that name the bad value."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
-
-
-def answer_token_counts(lm: LoadedModel, pairs: Sequence[tuple[str, str]], template: PromptTemplate) -> list[int]:
-    """How many tokens each answer adds after its query prompt (1 means a single-token answer)."""
-    tok = lm.tokenizer
-    queries = [template.query_prompt(x) for x, _ in pairs]
-    full = [template.demonstration(x, y) for x, y in pairs]
-    q_ids = tok(queries, add_special_tokens=False)["input_ids"]
-    f_ids = tok(full, add_special_tokens=False)["input_ids"]
-    return [len(f) - len(q) if f[: len(q)] == q else -1 for q, f in zip(q_ids, f_ids)]
+from taskvec.models.tokens import answer_token_counts
+from taskvec.prompts import PromptTemplate
 
 
 def check_demonstrations(
@@ -38,3 +29,25 @@ def check_demonstrations(
                 "task vectors predict one token: choose single-token answers"
             )
     return pairs  # type: ignore[return-value]
+
+
+def check_strings(values: Sequence[str], what: str = "prompts") -> list[str]:
+    """A non-empty list of strings, or a clear error."""
+    if isinstance(values, str):
+        raise TaskvecError(f"{what} must be a list of strings, got the single string {values!r}")
+    values = list(values)
+    if not values:
+        raise TaskvecError(f"no {what} given: expected at least one string")
+    bad = [v for v in values if not isinstance(v, str)]
+    if bad:
+        raise TaskvecError(f"{what} must be strings, got {bad[0]!r}")
+    return values
+
+
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """The queries a task vector is applied to: a non-empty list of non-blank strings (the task's inputs)."""
+    queries = check_strings(queries, "queries")
+    blank = [q for q in queries if not q.strip()]
+    if blank:
+        raise TaskvecError(f"query {blank[0]!r} is empty; expected the input of the task, e.g. 'France'")
+    return queries

@@ -33,18 +33,23 @@ _U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
 MARGIN_RESOLUTION = 0.5  # with margins asked for, gaps below this many logits are exact (others: lower bounds)
 
 
-def _bf16_copy(unembedding: nn.Module, slice_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+class ShortlistCache:
     """The unembedding in bfloat16 and, per vocabulary slice, the largest magnitude of each coordinate
-    (n_slices, H); cached on the module (rebuilt if the weight changes)."""
-    weight = unembedding.weight
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), slice_rows)
-    cached = getattr(unembedding, "_taskvec_bf16", None)
-    if cached is None or cached[0] != key:
-        copy = weight.detach().to(torch.bfloat16)
-        col_max = torch.stack([w.abs().amax(dim=0) for w in weight.detach().split(slice_rows)])
-        cached = (key, copy, col_max)
-        unembedding._taskvec_bf16 = cached  # a plain attribute: not a parameter or buffer
-    return cached[1], cached[2]
+    (n_slices, H), made once and kept by whoever owns this object (a fast executor), not on the model;
+    made again if the weight changes."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def weights(self, unembedding: nn.Module, slice_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = unembedding.weight
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), slice_rows)
+        if self._value is None or self._key != key:
+            copy = weight.detach().to(torch.bfloat16)
+            col_max = torch.stack([w.abs().amax(dim=0) for w in weight.detach().split(slice_rows)])
+            self._key, self._value = key, (copy, col_max)
+        return self._value
 
 
 def shortlist_applies(unembedding: nn.Module, hidden: torch.Tensor) -> bool:
@@ -90,13 +95,18 @@ class _TopTwo:
 
 @torch.no_grad()
 def exact_argmax_with_shortlist(
-    unembedding: nn.Module, hidden: torch.Tensor, slice_rows: int = VOCAB_SLICE, resolution: float = 0.0
+    unembedding: nn.Module,
+    hidden: torch.Tensor,
+    slice_rows: int = VOCAB_SLICE,
+    resolution: float = 0.0,
+    cache: ShortlistCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(best logit, index, margin) per row of the float32 ``unembedding(hidden)``, skipping slices that
     cannot win. ``margin`` is a lower bound of the gap between the best and the second-best logit; it is
-    the gap itself when that is below ``resolution`` (slices that could hold such a runner-up are opened)."""
+    the gap itself when that is below ``resolution`` (slices that could hold such a runner-up are opened).
+    ``cache`` keeps the bfloat16 copy between calls (without it, one is made for this call)."""
     weight = unembedding.weight
-    w16, col_max = _bf16_copy(unembedding, slice_rows)
+    w16, col_max = (cache or ShortlistCache()).weights(unembedding, slice_rows)
     n, vocab = hidden.shape[0], weight.shape[0]
     n_slices = -(-vocab // slice_rows)
     h16 = hidden.to(torch.bfloat16)
@@ -145,6 +155,7 @@ def argmax_and_margin(
     slice_rows: int = VOCAB_SLICE,
     *,
     with_margin: bool = False,
+    cache: ShortlistCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`argmax_over_vocab`, and with ``with_margin`` the gap between the best and the second-best
     logit of each row: how close the call was (exact below ``MARGIN_RESOLUTION``, a lower bound above
@@ -157,7 +168,7 @@ def argmax_and_margin(
     hidden = hidden.to(device=weight.device, dtype=weight.dtype)
     if shortlist_applies(unembedding, hidden):  # float32 on the CPU: skip the slices that cannot win
         resolution = MARGIN_RESOLUTION if with_margin else 0.0
-        value, index, margin = exact_argmax_with_shortlist(unembedding, hidden, slice_rows, resolution)
+        value, index, margin = exact_argmax_with_shortlist(unembedding, hidden, slice_rows, resolution, cache)
         check_finite(value, "top logits", weight.dtype)
         return index, margin if with_margin else None
     top = _TopTwo(hidden.shape[0], device=weight.device)

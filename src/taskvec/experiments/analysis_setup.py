@@ -10,11 +10,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from taskvec.core.interfaces import Executor
+from taskvec.core.layers import best_layer
+from taskvec.engine.forward import check_layers
 from taskvec.errors import OutputDirectoryError, TaskDataError, TaskvecError
-from taskvec.experiments.main_experiment import best_layer, dev_sweep, task_rng
+from taskvec.experiments.main_experiment import dev_sweep, task_rng
 from taskvec.experiments.runner import model_info, peak_rss_mb, versions
 from taskvec.models.loading import LoadedModel
 from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.runtime import make_executor
 from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.registry import builtin_task
 from taskvec.tasks.sampling import draw_splits, minimum_pairs
@@ -100,21 +104,25 @@ def layers_from_run(path: str | Path, lm: LoadedModel, names: Sequence[str]) -> 
     return {n: tasks[n]["best_layer"] for n in names}
 
 
+def analysis_executor(lm: LoadedModel, config: AnalysisConfig, kind: str = "fast") -> Executor:
+    """The executor an analysis runs on: ``kind`` with the config's batch size; the analyses' predictions are
+    not rechecked under mixed precision (only the main experiment's test predictions are)."""
+    return make_executor(lm, kind, config.batch_size, recheck_margin=None)
+
+
 def choose_layers(
-    lm: LoadedModel,
+    executor: Executor,
     prepared: dict[str, PreparedTask],
     options: LayerOptions,
     *,
     shots: int,
     n_dummy: int,
     seed: int,
-    batch_size: int,
     progress: Progress | None = None,
 ) -> dict[str, dict]:
     """``{task: {"layer": int, "source": "given" | "run" | "sweep", "dev_accuracy_by_layer": [...]?}}``."""
+    lm = executor.lm
     if options.layer is not None:
-        from taskvec.engine.forward import check_layers
-
         (layer,) = check_layers(lm, [options.layer])
         return {name: {"layer": layer, "source": "given"} for name in prepared}
     if options.from_run is not None:
@@ -125,7 +133,7 @@ def choose_layers(
         if progress:
             progress(f"layer sweep {name}")
         dev = draw_splits(p.pairs, shots, options.n_dev, 0, 0, n_dummy, task_rng(seed, f"{name}:layers"))[0]
-        accuracy = dev_sweep(lm, p, dev, batch_size)[0]
+        accuracy = dev_sweep(executor, p, dev)[0]
         chosen[name] = {"layer": best_layer(accuracy), "source": "sweep", "dev_accuracy_by_layer": accuracy}
         logger.info("task %s: layer %d by a sweep of %d dev sets", name, chosen[name]["layer"], options.n_dev)
     return chosen

@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from taskvec.engine.forward import decode_predictions, predict_token_ids
-from taskvec.engine.patching import patched_token_ids
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.interfaces import Executor
+from taskvec.core.methods import TASK_VECTOR
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.experiments.analysis_setup import (
     AnalysisConfig,
     Progress,
+    analysis_executor,
     choose_layers,
     prepare_tasks,
     run_header,
@@ -84,7 +86,7 @@ def shared_queries(a: PreparedTask, b: PreparedTask, minimum: int) -> list[str]:
 
 
 def conflict_pair(
-    lm: LoadedModel, a: PreparedTask, b: PreparedTask, layer_b: int, config: ConflictConfig
+    executor: Executor, a: PreparedTask, b: PreparedTask, layer_b: int, config: ConflictConfig
 ) -> tuple[dict, list[dict]]:
     """ICL on A's prompts, and the same prompts with theta(B) patched at ``layer_b``; scored vs A and vs B."""
     shared = shared_queries(a, b, config.min_queries)
@@ -95,11 +97,11 @@ def conflict_pair(
     queries_b = [b_by_input[q.input] for q in queries_a]
     sets_a = build_sets(a.pairs, queries_a, config.shots, 0, rng)
     sets_b = build_sets(b.pairs, queries_b, config.shots, config.n_dummy, rng)
-    theta_b = set_vectors(lm, b.template, sets_b, [layer_b], config.batch_size)[:, 0, :]
+    theta_b = set_vectors(executor, b.template, sets_b, [layer_b])[:, 0, :]
     prompts = [a.template.icl_prompt(s.demo_tuples, s.query.input) for s in sets_a]
-    icl = decode_predictions(lm, predict_token_ids(lm, prompts, batch_size=config.batch_size))
-    patched_ids = patched_token_ids(lm, prompts, theta_b, [layer_b] * len(prompts), config.batch_size)
-    patched = decode_predictions(lm, patched_ids)
+    icl = decode_predictions(executor.lm, executor.predict(prompts).ids)
+    edits = [TASK_VECTOR.edit(layer_b, v) for v in theta_b]
+    patched = decode_predictions(executor.lm, executor.predict(prompts, edits).ids)
 
     def score(preds: list[str], task: PreparedTask, gold) -> list[bool]:
         return [is_correct(p, g, task.task.scoring) for p, g in zip(preds, gold)]
@@ -134,25 +136,31 @@ def conflict_pair(
 
 
 def run_conflict(
-    config: ConflictConfig, lm: LoadedModel | None = None, progress: Progress | None = None
+    config: ConflictConfig,
+    lm: LoadedModel | None = None,
+    progress: Progress | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> tuple[dict, list[dict]]:
-    """All pairs; the results dict and one row per prompt. Incompatible pairs are refused before any run."""
+    """All pairs; the results dict and one row per prompt. Incompatible pairs are refused before any run.
+    ``executor`` runs the model (default: :func:`analysis_executor`)."""
     started = time.perf_counter()
     if not config.pairs:
         raise TaskvecError("no task pairs given")
-    lm = lm or load_model(config.model, dtype=config.dtype)
+    lm = executor.lm if executor else lm or load_model(config.model, dtype=config.dtype)
+    executor = executor or analysis_executor(lm, config)
     names = list(dict.fromkeys(n for pair in config.pairs for n in pair))
     prepared = prepare_tasks(lm, names, config.shots, config.n_dummy)
     for a, b in config.pairs:
         shared_queries(prepared[a], prepared[b], config.min_queries)
     thetas = {b for _, b in config.pairs}
-    opts = dict(shots=config.shots, n_dummy=config.n_dummy, seed=config.seed, batch_size=config.batch_size)
-    layers = choose_layers(lm, {n: prepared[n] for n in thetas}, config.layers, progress=progress, **opts)
+    opts = dict(shots=config.shots, n_dummy=config.n_dummy, seed=config.seed)
+    layers = choose_layers(executor, {n: prepared[n] for n in thetas}, config.layers, progress=progress, **opts)
     pairs, rows = [], []
     for a, b in config.pairs:
         if progress:
             progress(f"{a} <- theta({b})")
-        result, pair_rows = conflict_pair(lm, prepared[a], prepared[b], layers[b]["layer"], config)
+        result, pair_rows = conflict_pair(executor, prepared[a], prepared[b], layers[b]["layer"], config)
         result["layer_source"] = layers[b]["source"]
         pairs.append(result)
         rows += pair_rows

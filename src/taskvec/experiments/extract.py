@@ -14,12 +14,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from taskvec.engine.extraction import extract_task_vector
+from taskvec.api.extraction import extract_task_vector
+from taskvec.api.sweep import layer_sweep
+from taskvec.api.task_vector import TaskVector
+from taskvec.core.interfaces import Executor
+from taskvec.core.layers import best_index
 from taskvec.engine.forward import check_layers
-from taskvec.engine.sweep import layer_sweep
-from taskvec.engine.task_vector import TaskVector
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.runtime import make_executor
 from taskvec.tasks.definitions import Task
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.scoring import is_correct
@@ -48,9 +51,16 @@ class ExtractConfig:
 
 
 def extract_for_task(
-    lm: LoadedModel, task: Task, config: ExtractConfig, progress: Callable[[int], None] | None = None
+    lm: LoadedModel,
+    task: Task,
+    config: ExtractConfig,
+    progress: Callable[[int], None] | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> TaskVector:
-    """A task vector of ``task`` on ``lm`` with its layer and dev accuracy in the metadata."""
+    """A task vector of ``task`` on ``lm`` with its layer and dev accuracy in the metadata. ``executor`` runs
+    the model (default: the fast one)."""
+    executor = executor or make_executor(lm, "fast")
     if config.layer is not None:
         check_layers(lm, [config.layer])
     prepared = prepare_task(lm, task)
@@ -72,14 +82,14 @@ def extract_for_task(
         chosen = rng.sample(pool, per_set)
         demos = [(p.input, p.output) for p in chosen[: config.shots]]
         dummies = [p.input for p in chosen[config.shots :]]
-        vectors.append(extract_task_vector(lm, demos, dummies, template=prepared.template))
+        vectors.append(extract_task_vector(lm, demos, dummies, template=prepared.template, executor=executor))
         if progress is not None:
             progress(k + 1)
     theta = TaskVector.mean(vectors) if len(vectors) > 1 else vectors[0]
     layers = list(range(lm.num_layers)) if config.layer is None else [config.layer]
-    sweep = layer_sweep(lm, theta, [p.input for p in dev], layers=layers)
+    sweep = layer_sweep(lm, theta, [p.input for p in dev], layers=layers, executor=executor)
     accuracy = [sum(is_correct(p, d, task.scoring) for p, d in zip(row, dev)) / len(dev) for row in sweep.predictions]
-    best = max(range(len(layers)), key=lambda i: (accuracy[i], -i))
+    best = best_index(accuracy)
     theta.layer = layers[best]
     theta.metadata.update(
         task=task.name,

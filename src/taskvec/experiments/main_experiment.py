@@ -8,17 +8,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.interfaces import Executor, Made
+from taskvec.core.layers import best_layer
+from taskvec.core.methods import TASK_VECTOR
 from taskvec.engine.accounting import stage
-from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, recheck_patched, recheck_plain
-from taskvec.engine.extraction import group_means, mean_states
-from taskvec.engine.forward import decode_predictions, predict_token_ids
-from taskvec.engine.patching import patched_token_ids
-from taskvec.engine.prompts import PromptTemplate
-from taskvec.engine.shared_prefix import run_prompt_groups
-from taskvec.engine.sweep import sweep_token_ids
+from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MIXED
 from taskvec.models.registry import DEFAULT_MODEL
+from taskvec.prompts import PromptTemplate
+from taskvec.runtime import make_executor
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
@@ -53,10 +53,6 @@ class MainConfig:
         return d
 
 
-SHORT_PROMPTS_PER_SLOT = 4  # bare query prompts per forward, per unit of batch_size
-TEST_SETS_PER_SLOT = 2  # test sets per shared-prefix chunk, per unit of batch_size (the paper's 50 in one chunk)
-
-
 def task_rng(seed: int, task_name: str) -> random.Random:
     """One generator per task, so a task's samples do not depend on which tasks ran before it."""
     return random.Random(f"{seed}:{task_name}")
@@ -77,32 +73,24 @@ def _rows(
 
 
 def set_vectors(
-    lm: LoadedModel,
-    template: PromptTemplate,
-    sets: list[EvalSet],
-    layers: list[int],
-    batch_size: int,
-    shared_prefix: bool = True,
+    executor: Executor, template: PromptTemplate, sets: list[EvalSet], layers: list[int]
 ) -> torch.Tensor:
     """theta of each set (its demonstrations, averaged over its dummy queries) at ``layers``: (sets, layers, H)."""
-    groups = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
-    return mean_states(lm, groups, layers, batch_size=batch_size, shared_prefix=shared_prefix)
+    return TASK_VECTOR.vectors(executor, template, sets, layers)
 
 
 def dev_sweep(
-    lm: LoadedModel, prepared: PreparedTask, dev: list[EvalSet], batch_size: int, shared_prefix: bool = True
+    executor: Executor, prepared: PreparedTask, dev: list[EvalSet]
 ) -> tuple[list[float], list[list[str]], list[list[bool]]]:
     """Each dev set's theta patched into its bare query at every layer: accuracy, predictions and
-    correctness per layer (the cached sweep). Work goes to the stages dev_theta and dev_sweep.
-
-    With mixed precision the sweep's close calls are not rechecked: it only chooses the layer, and a
-    float32 theta for most dev sets would cost most of what mixed precision saves."""
-    template = prepared.template
+    correctness per layer. Work goes to the stages dev_theta and dev_sweep."""
+    lm, template = executor.lm, prepared.template
     prompts = [template.query_prompt(s.query.input) for s in dev]
+    layers = list(range(lm.num_layers))
     with stage("dev_theta"):
-        vectors = set_vectors(lm, template, dev, list(range(lm.num_layers)), batch_size, shared_prefix)
+        vectors = set_vectors(executor, template, dev, layers)
     with stage("dev_sweep"):
-        ids = sweep_token_ids(lm, prompts, vectors, max_rows=8 * batch_size)
+        ids = executor.sweep(prompts, vectors, layers, TASK_VECTOR)
     accuracy, predictions, correct = [], [], []
     for layer_ids in ids:
         preds = decode_predictions(lm, layer_ids)
@@ -113,61 +101,22 @@ def dev_sweep(
     return accuracy, predictions, correct
 
 
-def _theta_fn(lm: LoadedModel, template: PromptTemplate, sets: list[EvalSet], batch_size: int, shared: bool):
-    """theta of some of ``sets`` at some layers, for :func:`recheck_patched`."""
-
-    def theta(which: list[int], layers: list[int]) -> torch.Tensor:
-        return set_vectors(lm, template, [sets[i] for i in which], layers, batch_size, shared)
-
-    return theta
-
-
-def best_layer(accuracy_by_layer: list[float]) -> int:
-    """The layer with the top accuracy, the first one on ties."""
-    return max(range(len(accuracy_by_layer)), key=lambda layer: (accuracy_by_layer[layer], -layer))
-
-
-def _test_theta_and_icl(
-    lm: LoadedModel,
-    template: PromptTemplate,
-    test: list[EvalSet],
-    layer: int,
-    batch_size: int,
-    shared: bool,
-    with_margins: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """theta of each test set at ``layer`` (mean over its dummy prompts), the ICL prediction of its query
-    and (with ``with_margins``, else None) that prediction's margin."""
-    icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
-    if not shared:
-        vectors = set_vectors(lm, template, test, [layer], batch_size, shared_prefix=False)[:, 0, :]
-        found = predict_token_ids(lm, icl_prompts, batch_size=batch_size, with_margins=with_margins)
-        return vectors, *(found if with_margins else (found, None))
-    dummies = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in test]
-    groups = [[*d, q] for d, q in zip(dummies, icl_prompts)]  # one demonstration prefix per set
-    flags = [[False] * len(d) + [True] for d in dummies]
-    # One chunk of sets: suffixes of the same length across all sets share a forward (fewer, larger ones).
-    out = run_prompt_groups(
-        lm, groups, layers=[layer], predict=flags, batch_size=TEST_SETS_PER_SLOT * batch_size, with_margins=with_margins
-    )
-    is_query = torch.tensor([f for fs in flags for f in fs])
-    vectors = group_means(out.states[~is_query], out.owner[~is_query], len(groups))[:, 0, :]
-    return vectors, out.token_ids[is_query], None if out.margins is None else out.margins[is_query]
+def main_executor(lm: LoadedModel, config: MainConfig, kind: str = "fast") -> Executor:
+    """The executor a run uses: ``kind`` with the config's batch size and recheck margin."""
+    return make_executor(lm, kind, int(config.batch_size), recheck_margin=config.recheck_margin)
 
 
 def evaluate_task(
-    lm: LoadedModel, prepared: PreparedTask, config: MainConfig, *, shared_prefix: bool = True
+    lm: LoadedModel, prepared: PreparedTask, config: MainConfig, *, executor: Executor | None = None
 ) -> tuple[dict, list[dict]]:
     """Run one task through the protocol; returns its results entry and its per-example rows.
 
-    With ``shared_prefix`` (the default) the prompts of a set that share its demonstrations (dummy-query
-    prompts and the ICL prompt) run the demonstrations once; ``shared_prefix=False`` is the
-    straightforward path (every prompt whole), kept as the reference the fast path is checked against.
-    Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl, test_tv, baseline and (mixed
-    precision: close calls of the test predictions recomputed in float32, :mod:`taskvec.engine.close_calls`)
-    recheck.
+    ``executor`` runs the model (default: the fast one, :func:`main_executor`); every executor gives the
+    same float32 predictions. Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl,
+    test_tv and baseline (and recheck, for executors that recompute close calls).
     """
     started = time.perf_counter()
+    executor = executor or main_executor(lm, config)
     task, template, name = prepared.task, prepared.template, prepared.name
     rng = task_rng(config.seed, name)
     dev, test, baseline_pairs = draw_splits(
@@ -178,42 +127,31 @@ def evaluate_task(
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]
 
     rows: list[dict] = []
-    check = lm.precision == MIXED  # close calls rechecked in float32; margins cost work: only then
-    bs = config.batch_size
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
-    dev_accuracy, dev_preds, dev_ok = dev_sweep(lm, prepared, dev, bs, shared_prefix)
+    dev_accuracy, dev_preds, dev_ok = dev_sweep(executor, prepared, dev)
     for layer, (preds, ok) in enumerate(zip(dev_preds, dev_ok)):
         rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
     best = best_layer(dev_accuracy)
 
-    # Test: the task vector at the best layer, regular ICL, and the zero-shot baseline.
+    # Test: the task vector at the best layer, regular ICL (the same demonstrations), and the zero-shot baseline.
     test_pairs = [s.query for s in test]
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
-        vectors, icl_ids, icl_margins = _test_theta_and_icl(lm, template, test, best, bs, shared_prefix, check)
-    short = SHORT_PROMPTS_PER_SLOT * bs  # bare query prompts are several times shorter than ICL prompts
+        vectors, icl = TASK_VECTOR.vectors_and_predictions(executor, template, test, [best], icl_prompts)
+    edits = [TASK_VECTOR.edit(best, v) for v in vectors[:, 0, :]]
     with stage("test_tv"):
-        tv = patched_token_ids(lm, test_prompts, vectors, [best] * len(test), short, with_margins=check)
+        tv = executor.predict(test_prompts, edits, short=True, made=Made(TASK_VECTOR, template, test))
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
     with stage("baseline"):
-        bl = predict_token_ids(lm, bl_prompts, batch_size=short, with_margins=check)
-    (tv_ids, tv_margins), (bl_ids, bl_margins) = (tv, bl) if check else ((tv, None), (bl, None))
-    rechecked = {}
-    if check:
-        margin = config.recheck_margin
-        with stage("recheck"):
-            theta = _theta_fn(lm, template, test, bs, shared_prefix)
-            rechecked["hypothesis"] = recheck_patched(
-                lm, test_prompts, tv_ids[None], tv_margins[None], [best], theta, margin, bs
-            )
-            plain = [(icl_prompts, icl_ids, icl_margins), (bl_prompts, bl_ids, bl_margins)]
-            rechecked["regular"], rechecked["baseline"] = recheck_plain(lm, plain, margin, bs)
-    tv_preds, icl_preds, bl_preds = (decode_predictions(lm, ids) for ids in (tv_ids, icl_ids, bl_ids))
+        bl = executor.predict(bl_prompts, short=True)
+    found = {"hypothesis": tv, "regular": icl, "baseline": bl}
+    tv_preds, icl_preds, bl_preds = (decode_predictions(lm, p.ids) for p in found.values())
 
     def again(method: str):
-        return rechecked[method].mask.reshape(-1) if method in rechecked else None
+        rechecked = found[method].rechecked
+        return None if rechecked is None else rechecked.mask.reshape(-1)
 
     tv_ok, icl_ok, bl_ok = score(tv_preds, test_pairs), score(icl_preds, test_pairs), score(bl_preds, baseline_pairs)
     rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok, again("hypothesis"))
@@ -234,7 +172,7 @@ def evaluate_task(
         "dev_accuracy_by_layer": dev_accuracy,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if check:
-        summaries = {method: r.summary() for method, r in rechecked.items()}
-        result["close_calls"] = {"margin": config.recheck_margin, **summaries}
+    rechecked = {method: p.rechecked.summary() for method, p in found.items() if p.rechecked is not None}
+    if rechecked:
+        result["close_calls"] = {"margin": config.recheck_margin, **rechecked}
     return result, rows

@@ -15,15 +15,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from taskvec.engine.extraction import mean_states
-from taskvec.engine.forward import decode_predictions
-from taskvec.engine.generation import generate
-from taskvec.engine.sweep import sweep_token_ids
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.interfaces import Executor
+from taskvec.core.layers import best_layer
+from taskvec.core.methods import TASK_VECTOR
 from taskvec.models.loading import LoadedModel
+from taskvec.runtime import make_executor
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair, Task
 from taskvec.tasks.preparation import prepare_task
-from taskvec.tasks.sampling import EvalSet, build_sets
+from taskvec.tasks.sampling import build_sets
 
 METHODS = ("task_vector", "regular", "zero_shot")
 
@@ -43,8 +44,12 @@ def _accepted(pair: Pair) -> set[str]:
     return {a.strip() for a in pair.accepted}
 
 
-def evaluate_multitoken(lm: LoadedModel, task: Task, config: MultiTokenConfig = MultiTokenConfig()) -> dict:
-    """Exact-match accuracy of each method on answers of 1 token and of 2+ tokens, with examples."""
+def evaluate_multitoken(
+    lm: LoadedModel, task: Task, config: MultiTokenConfig = MultiTokenConfig(), *, executor: Executor | None = None
+) -> dict:
+    """Exact-match accuracy of each method on answers of 1 token and of 2+ tokens, with examples.
+    ``executor`` runs the model (default: the fast one with the config's batch size)."""
+    executor = executor or make_executor(lm, "fast", config.batch_size)
     prepared = prepare_task(lm, task, keep_multi_token=True)
     template, pairs = prepared.template, prepared.pairs
     tokens = dict(zip((p.input for p in pairs), prepared.answer_tokens))
@@ -55,19 +60,17 @@ def evaluate_multitoken(lm: LoadedModel, task: Task, config: MultiTokenConfig = 
     dev_pool = [p for p in pairs if p.input not in taken]
     dev_queries = rng.sample(dev_pool, min(config.n_dev, len(dev_pool)))
 
-    def thetas(sets: list[EvalSet], layers: list[int]):
-        prompts = [[template.icl_prompt(s.demo_tuples, d) for d in s.dummies] for s in sets]
-        return mean_states(lm, prompts, layers, batch_size=config.batch_size)
-
     dev_sets = build_sets(pairs, dev_queries, config.shots, config.n_dummy, rng)
     dev_prompts = [template.query_prompt(s.query.input) for s in dev_sets]
-    sweep = sweep_token_ids(lm, dev_prompts, thetas(dev_sets, list(range(lm.num_layers))))
+    all_layers = list(range(lm.num_layers))
+    dev_vectors = TASK_VECTOR.vectors(executor, template, dev_sets, all_layers)
+    sweep = executor.sweep(dev_prompts, dev_vectors, all_layers, TASK_VECTOR)
     dev_accuracy = []
     for ids in sweep:
         firsts = decode_predictions(lm, ids)
         ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(firsts, dev_sets)]
         dev_accuracy.append(sum(ok) / len(ok))
-    layer = max(range(lm.num_layers), key=lambda i: (dev_accuracy[i], -i))
+    layer = best_layer(dev_accuracy)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
                     "answer_prefix": template.answer_prefix, "groups": {}}  # fmt: skip
@@ -76,12 +79,13 @@ def evaluate_multitoken(lm: LoadedModel, task: Task, config: MultiTokenConfig = 
             continue
         sets = build_sets(pairs, queries, config.shots, config.n_dummy, rng)
         prompts = [template.query_prompt(q.input) for q in queries]
-        vectors = thetas(sets, [layer])[:, 0, :]
-        common = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+        vectors = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
+        edits = [TASK_VECTOR.edit(layer, v) for v in vectors]
+        icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
         answers = {
-            "task_vector": generate(lm, prompts, patch_layers=[layer] * len(prompts), patch_vectors=vectors, **common),
-            "regular": generate(lm, [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets], **common),
-            "zero_shot": generate(lm, prompts, **common),
+            "task_vector": executor.generate(prompts, config.max_new_tokens, edits),
+            "regular": executor.generate(icl_prompts, config.max_new_tokens),
+            "zero_shot": executor.generate(prompts, config.max_new_tokens),
         }
         correct = {m: [a in _accepted(q) for a, q in zip(answers[m], queries)] for m in METHODS}
         result["groups"][group] = {

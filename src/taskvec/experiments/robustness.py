@@ -3,34 +3,30 @@ dummy queries; do they cluster by task? t-SNE / PCA embeddings, silhouette score
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from taskvec.core.interfaces import Executor
 from taskvec.errors import TaskvecError
 from taskvec.experiments.analysis_setup import (
     AnalysisConfig,
     Progress,
+    analysis_executor,
     choose_layers,
     prepare_tasks,
     run_header,
 )
 from taskvec.experiments.main_experiment import set_vectors, task_rng
 from taskvec.models.loading import LoadedModel, load_model
-from taskvec.report.results_io import _umask
+from taskvec.stats import cosine_distance_matrix
 from taskvec.tasks.registry import PAPER_TASKS
 from taskvec.tasks.sampling import draw_splits
 
 logger = logging.getLogger(__name__)
-
-_KEY = "taskvec_robustness"
 
 
 @dataclass(frozen=True)
@@ -54,12 +50,6 @@ def check_sizes(n_tasks: int, n_vectors: int, perplexity: float) -> None:
             f"t-SNE needs more vectors than its perplexity {perplexity:g}: {n_tasks} tasks x {n_vectors} vectors = "
             f"{total}; raise --n-vectors to at least {int(perplexity // n_tasks) + 1} or lower --perplexity"
         )
-
-
-def cosine_distance_matrix(vectors: np.ndarray) -> np.ndarray:
-    """1 - cosine similarity between every two rows."""
-    unit = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-    return np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
 
 
 def distance_stats(distances: np.ndarray, labels: list[str]) -> dict[str, dict]:
@@ -120,32 +110,38 @@ def analyse(vectors: np.ndarray, tasks: list[str], categories: list[str], seed: 
 
 
 def collect_vectors(
-    lm: LoadedModel, config: RobustnessConfig, progress: Progress | None = None
+    executor: Executor, config: RobustnessConfig, progress: Progress | None = None
 ) -> tuple[torch.Tensor, list[str], dict]:
     """``n_vectors`` thetas per task at its layer, each from fresh demonstrations and dummy queries."""
-    prepared = prepare_tasks(lm, config.tasks, config.shots, config.n_dummy)
-    opts = dict(shots=config.shots, n_dummy=config.n_dummy, seed=config.seed, batch_size=config.batch_size)
-    layers = choose_layers(lm, prepared, config.layers, progress=progress, **opts)
+    prepared = prepare_tasks(executor.lm, config.tasks, config.shots, config.n_dummy)
+    opts = dict(shots=config.shots, n_dummy=config.n_dummy, seed=config.seed)
+    layers = choose_layers(executor, prepared, config.layers, progress=progress, **opts)
     rows, labels, tasks = [], [], {}
     for name, p in prepared.items():
         if progress:
             progress(f"vectors {name}")
         sets = draw_splits(p.pairs, config.shots, config.n_vectors, 0, 0, config.n_dummy, task_rng(config.seed, name))
         layer = layers[name]["layer"]
-        rows.append(set_vectors(lm, p.template, sets[0], [layer], config.batch_size)[:, 0, :])
+        rows.append(set_vectors(executor, p.template, sets[0], [layer])[:, 0, :])
         labels += [name] * config.n_vectors
         tasks[name] = {"category": p.task.category, "n_usable": p.n_usable, **layers[name]}
     return torch.cat(rows), labels, tasks
 
 
 def run_robustness(
-    config: RobustnessConfig, lm: LoadedModel | None = None, progress: Progress | None = None
+    config: RobustnessConfig,
+    lm: LoadedModel | None = None,
+    progress: Progress | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> tuple[dict, torch.Tensor, dict]:
-    """The results dict, all vectors (N, H) and their metadata (task, category and layer per row)."""
+    """The results dict, all vectors (N, H) and their metadata (task, category and layer per row).
+    ``executor`` runs the model (default: :func:`analysis_executor`)."""
     started = time.perf_counter()
     check_sizes(len(dict.fromkeys(config.tasks)), config.n_vectors, config.perplexity)
-    lm = lm or load_model(config.model, dtype=config.dtype)
-    vectors, labels, tasks = collect_vectors(lm, config, progress)
+    lm = executor.lm if executor else lm or load_model(config.model, dtype=config.dtype)
+    executor = executor or analysis_executor(lm, config)
+    vectors, labels, tasks = collect_vectors(executor, config, progress)
     categories = [tasks[t]["category"] for t in labels]
     if progress:
         progress("t-SNE / PCA")
@@ -163,29 +159,3 @@ def run_robustness(
                 "layers": [tasks[t]["layer"] for t in labels], "config": config.to_dict()}  # fmt: skip
     return results, vectors, metadata
 
-
-def save_vectors(path: str | Path, vectors: torch.Tensor, metadata: dict) -> None:
-    """All vectors (N, H) in one safetensors file, ``metadata`` (task per row, layers, model) in its header;
-    written under a temporary name, then renamed."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"vectors": vectors.contiguous().float()}, tmp, metadata={_KEY: json.dumps(metadata)})
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def load_vectors(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """The vectors and metadata written by :func:`save_vectors` (safetensors: no pickle)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return fh.get_tensor("vectors"), json.loads((fh.metadata() or {})[_KEY])
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise TaskvecError(f"{str(path)!r} is not a taskvec robustness vectors file: {exc}") from exc

@@ -12,6 +12,10 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+import transformers
+
+from taskvec.core.interfaces import Executor
 from taskvec.engine.accounting import Accounting, accounting, stage
 from taskvec.errors import TaskDataError
 from taskvec.experiments.backoff import BatchBackoff
@@ -25,13 +29,15 @@ from taskvec.experiments.outdir import (
     task_result_path,
     write_run_config,
 )
+from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
-from taskvec.report.results_io import write_json_atomic, write_jsonl_atomic
+from taskvec.runtime import make_executor
 from taskvec.stats import summarize
 from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.registry import load_tasks
 from taskvec.tasks.sampling import minimum_pairs
+from taskvec.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +62,6 @@ def check_sizes(prepared: list[PreparedTask], config: MainConfig) -> None:
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from taskvec import __version__
-
     return {"taskvec": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__}  # fmt: skip
 
@@ -85,14 +86,15 @@ def run_main(
     *,
     wait: bool = False,
     device: str = "cpu",
-    shared_prefix: bool = True,
+    executor: str = "fast",
 ) -> dict:
     """Run (or resume) the main experiment into ``out_dir``; returns the results dictionary.
 
     The directory is locked for the whole run: a second run into it is refused (or, with ``wait``,
     waits). A run killed at any moment resumes from its finished tasks when started again.
     ``device`` is where a model loaded here goes (``auto``: accelerate device map); results do not depend
-    on it. ``shared_prefix=False`` runs every prompt whole (the reference path the benchmark checks against).
+    on it. ``executor``: ``fast`` (the default) or ``plain`` (every prompt whole: the reference the benchmark
+    checks against; see :mod:`taskvec.runtime`).
     """
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
@@ -107,7 +109,8 @@ def run_main(
         check_sizes(prepared, config)
         if not resuming:
             write_run_config(out, config.to_dict())
-        task_results = _evaluate_all(lm, prepared, config, out, progress, shared_prefix)
+        runs = make_executor(lm, executor, recheck_margin=config.recheck_margin)  # batch size: per task, below
+        task_results = _evaluate_all(runs, prepared, config, out, progress)
         results = _results(lm, config, task_results, started, work)
         write_jsonl_atomic(out / "predictions.jsonl", (r for t in task_results.values() for r in t["predictions"]))
         write_json_atomic(out / "results.json", results)
@@ -116,15 +119,11 @@ def run_main(
 
 
 def _evaluate_all(
-    lm: LoadedModel,
-    prepared: list[PreparedTask],
-    config: MainConfig,
-    out: Path,
-    progress: Progress | None,
-    shared_prefix: bool,
+    executor: Executor, prepared: list[PreparedTask], config: MainConfig, out: Path, progress: Progress | None
 ) -> dict[str, dict]:
     """{task name: {"result", "predictions"}}, each task computed or read back from a finished earlier run."""
     saved_by_task: dict[str, dict] = {}
+    lm = executor.lm
     backoff = BatchBackoff(config.batch_size)
     for i, p in enumerate(prepared):
         if progress:
@@ -135,7 +134,9 @@ def _evaluate_all(
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
             result, rows = backoff.run(
-                lambda size, p=p: evaluate_task(lm, p, replace(config, batch_size=size), shared_prefix=shared_prefix),
+                lambda size, p=p: evaluate_task(
+                    lm, p, replace(config, batch_size=size), executor=executor.with_batch_size(size)
+                ),
                 p.name,
                 lm,
             )

@@ -15,19 +15,21 @@ from pathlib import Path
 
 import torch
 
+from taskvec.api.extraction import extract_task_vector
+from taskvec.api.patching import apply_task_vector, template_of
+from taskvec.api.task_vector import TaskVector
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.sites import replacements
 from taskvec.engine.batching import Batch, chunks, collate, encode
-from taskvec.engine.extraction import extract_task_vector
-from taskvec.engine.forward import decode_predictions, next_token_logits, patches_for_rows, predict_token_ids
-from taskvec.engine.hooks import patch_last_position
-from taskvec.engine.patching import apply_task_vector, template_of
+from taskvec.engine.forward import next_token_logits, predict_token_ids
+from taskvec.engine.interventions import intervene
 from taskvec.engine.projection import projected_top_tokens
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
-from taskvec.engine.task_vector import TaskVector
-from taskvec.engine.validation import answer_token_counts
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
+from taskvec.models.tokens import answer_token_counts
 
 GRID_ROWS = 64  # (layer, query) rows per last-token forward of the heatmap
 
@@ -120,7 +122,7 @@ def _last_token(lm: LoadedModel, theta: TaskVector, batch: Batch, prefix, chunk:
         position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
     )
     vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
-    with patch_last_position(lm.adapter.layers, patches_for_rows(chunk * n, vectors)):
+    with intervene(lm.adapter.layers, replacements(chunk * n, vectors)):
         logits = next_token_logits(lm, last, cache=cache).view(n, k, -1)
     probs = torch.full((k, n), float("nan"))
     known = gold >= 0

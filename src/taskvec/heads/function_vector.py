@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from taskvec.core.decoding import decode_predictions
 from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits
+from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.prompts import PromptTemplate
+from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution, MeanHeadOutputs, top_heads
 from taskvec.heads.hooks import add_to_block_output

@@ -17,10 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from taskvec.core.sites import replacements
 from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import next_token_logits
-from taskvec.engine.hooks import capture_last_position, patch_last_position, skip_blocks
+from taskvec.engine.hooks import capture_last_position, skip_blocks
+from taskvec.engine.interventions import intervene
 from taskvec.engine.shared_prefix import fork_cache
 from taskvec.errors import TaskvecError
 from taskvec.heads.hooks import HeadPatch, patch_heads
@@ -124,7 +126,7 @@ def _patched(lm, sites: list[HeadSite], batch: Batch, cache, chosen, values, gol
     if states is not None and low > 0:
         skipped = skip_blocks(lm.adapter.layers, low - 1, arity)
         kept = states[:, low - 1].repeat_interleave(k, dim=0)
-        restored = patch_last_position(lm.adapter.layers, {low - 1: (torch.arange(n * k), kept)})
+        restored = intervene(lm.adapter.layers, replacements([low - 1] * (n * k), kept))
     with skipped, restored, patch_heads(sites, patches):
         logits = next_token_logits(lm, step, cache=own)
     return _gold_probability(logits, gold.repeat_interleave(k)).view(n, k)

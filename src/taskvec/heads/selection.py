@@ -14,10 +14,12 @@ from dataclasses import replace
 
 import torch
 
+from taskvec.core.decoding import decode_predictions
 from taskvec.engine.batching import Batch, chunks, collate, encode
-from taskvec.engine.forward import check_layers, check_queries, decode_predictions, next_token_logits
+from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import fork_cache
+from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution
 from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
@@ -91,7 +93,7 @@ def select_function_vector(
 ) -> FunctionVector:
     """The function vector whose (layer, k, scale) has the best dev accuracy; ties go to the first in
     (layer, k, scale) order, lowest first. All scores are kept in ``selection``."""
-    dev_queries = check_queries(dev_queries, "dev queries")
+    dev_queries = check_queries(dev_queries)
     if len(dev_answers) != len(dev_queries):
         raise TaskvecError(f"got {len(dev_queries)} dev queries but {len(dev_answers)} answers; expected one "
                            "answer per query")  # fmt: skip

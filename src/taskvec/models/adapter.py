@@ -32,8 +32,8 @@ class ArchitectureAdapter:
     #: The forward keyword for a key/value cache: ``cache`` from transformers 5.24 on (where
     #: ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before.
     cache_kwarg: str = "past_key_values"
-    #: Whether the sweep's fast path (skipped lower blocks, sliced argmax) matches full forwards (checked once).
-    fast_sweep_verified: bool | None = None
+    #: Attention heads per block (None when the configuration does not say).
+    num_heads: int | None = None
 
     @property
     def num_layers(self) -> int:
@@ -55,6 +55,7 @@ class ArchitectureAdapter:
             accepts_logits_to_keep="logits_to_keep" in inspect.signature(model.forward).parameters,
             max_positions=_max_positions(model),
             cache_kwarg=cache_keyword(base),
+            num_heads=_config_int(model, ("num_attention_heads", "n_head")),
         )
 
     def cache_inputs(self, cache) -> dict:
@@ -80,13 +81,17 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _num_hidden_layers(model: nn.Module) -> int | None:
+def _config_int(model: nn.Module, keys: tuple[str, ...]) -> int | None:
     config = _text_config(model)
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in keys:
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value
     return None
+
+
+def _num_hidden_layers(model: nn.Module) -> int | None:
+    return _config_int(model, ("num_hidden_layers", "n_layer", "num_layers"))
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -132,3 +137,21 @@ def prompt_prefix_ids(tokenizer) -> list[int]:
     if bos is not None and with_special[:1] == [bos] and without[:1] != [bos]:
         return []
     return list(tokenizer(FALLBACK_PREFIX, add_special_tokens=False)["input_ids"])
+
+
+def attention_output(block: nn.Module) -> nn.Module:
+    """The attention output projection of a decoder block: in the block's attention module (the child
+    whose class name says attention), the last registered child with a 2-D weight (``o_proj``, ``c_proj``,
+    ``dense``, ``out_proj``). Its input is the heads' outputs side by side, in head order."""
+    for child in block.children():
+        if "attention" in type(child).__name__.lower():
+            projections = [m for m in child.children() if getattr(getattr(m, "weight", None), "ndim", 0) == 2]
+            if projections:
+                return projections[-1]
+    raise TypeError(f"cannot find the attention output projection of {type(block).__name__}")
+
+
+def attention_heads(adapter: ArchitectureAdapter) -> int:
+    if adapter.num_heads is None:
+        raise TypeError("this model's configuration does not give its number of attention heads")
+    return adapter.num_heads

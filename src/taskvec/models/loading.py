@@ -12,7 +12,7 @@ import torch
 from taskvec.errors import ModelNotFoundError, TaskvecError
 from taskvec.models import dense_cache
 from taskvec.models.adapter import ArchitectureAdapter
-from taskvec.models.devices import check_device
+from taskvec.models.devices import check_device, execution_device
 from taskvec.models.precision import MIXED, enable_mixed_precision, is_mixed
 from taskvec.models.registry import BUNDLED_MODELS, DEFAULT_MODEL, BundledModel
 
@@ -45,8 +45,6 @@ class LoadedModel:
 
     @property
     def input_device(self) -> torch.device:
-        from taskvec.models.devices import execution_device
-
         return execution_device(self.model.get_input_embeddings())
 
     @property

@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from taskvec.io.vector_files import save_vectors
+from taskvec.report.analysis_plots import distance_histograms, scatter_by_label
 from taskvec.report.render import _html_table, _md_table, fmt, fmt_stats, html_figures, html_page
-from taskvec.report.results_io import write_json_atomic, write_text_atomic
+from taskvec.stats import cosine_distance_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -213,9 +216,6 @@ def interpret_blocks(results: dict[str, Any]) -> list[Block]:
 def write_robustness(out_dir: str | os.PathLike[str], results: dict[str, Any], vectors, metadata: dict) -> dict:
     """The robustness report, its plots, the 2-D points (points.json: t-SNE and PCA coordinates, task and
     category per row) and the vectors (vectors.safetensors, metadata in its header)."""
-    from taskvec.experiments.robustness import cosine_distance_matrix, save_vectors
-    from taskvec.report.analysis_plots import distance_histograms, scatter_by_label
-
     points = results["points"]
     model = (results.get("model") or {}).get("id")
     tsne_axes = ("t-SNE dimension 1", "t-SNE dimension 2")
@@ -240,8 +240,6 @@ def write_robustness(out_dir: str | os.PathLike[str], results: dict[str, Any], v
 
 def write_conflict(out_dir: str | os.PathLike[str], results: dict[str, Any], rows: list[dict]) -> dict:
     """The conflict report and predictions.jsonl (one row per prompt)."""
-    from taskvec.report.results_io import write_jsonl_atomic
-
     model = (results.get("model") or {}).get("id")
     write_jsonl_atomic(Path(out_dir) / "predictions.jsonl", rows)
     paths = write_analysis(out_dir, f"Conflicting tasks: {model}", results, conflict_blocks(results), {})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from taskvec.engine.validation import answer_token_counts
 from taskvec.models.loading import LoadedModel
+from taskvec.models.tokens import answer_token_counts
+from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.tasks.definitions import Pair, Task
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""theta extraction: the last prompt token's block outputs on ICL prompts with dummy queries."""
+"""Extracting a task vector from demonstrations (theta is defined in :mod:`taskvec.core.methods.task_vector`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from collections.abc import Sequence
 
 import torch
 
-from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.compat import model_metadata
-from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers, last_position_states
-from taskvec.engine.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from taskvec.engine.shared_prefix import run_prompt_groups
-from taskvec.engine.task_vector import TaskVector, sha256_of_json
+from taskvec.api.compat import model_metadata
+from taskvec.api.task_vector import TaskVector, sha256_of_json
+from taskvec.core.interfaces import Executor
+from taskvec.core.methods import TASK_VECTOR
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.validation import check_demonstrations
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from taskvec.runtime import make_executor
 
 
-@torch.no_grad()
 def mean_states(
     lm: LoadedModel,
     prompt_groups: Sequence[Sequence[str]],
@@ -25,33 +25,12 @@ def mean_states(
     batch_size: int = DEFAULT_BATCH_SIZE,
     shared_prefix: bool = True,
 ) -> torch.Tensor:
-    """For each group of prompts, the mean last-position block output: (groups, len(layers), H).
-
-    With ``shared_prefix`` (prompts of a group share their demonstrations), each group's common token
-    prefix runs once (:mod:`taskvec.engine.shared_prefix`); otherwise every prompt runs whole, all groups
-    batched together. Either way the forward passes stop after the deepest layer.
-    """
+    """theta of each group of dummy-query prompts: the mean last-position block output, (groups,
+    len(layers), H), computed by the fast executor (``shared_prefix``: each group's demonstrations run
+    once) or the plain one."""
     layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
-    if shared_prefix:
-        out = run_prompt_groups(lm, prompt_groups, layers=layers, batch_size=batch_size)
-        return group_means(out.states, out.owner, len(prompt_groups))
-    flat = [p for group in prompt_groups for p in group]
-    owner = torch.tensor([g for g, group in enumerate(prompt_groups) for _ in group])
-    rows = encode(lm, flat)
-    states: torch.Tensor | None = None
-    for group in length_sorted_chunks(rows, batch_size):
-        got = last_position_states(lm, collate(lm, [rows[i] for i in group]), layers)  # (L, b, H)
-        if states is None:
-            states = torch.empty(len(flat), len(layers), got.shape[-1])
-        states[group] = got.transpose(0, 1)
-    assert states is not None
-    return group_means(states, owner, len(prompt_groups))
-
-
-def group_means(states: torch.Tensor, owner: torch.Tensor, n_groups: int) -> torch.Tensor:
-    sums = torch.zeros(n_groups, *states.shape[1:]).index_add_(0, owner, states)
-    counts = torch.bincount(owner, minlength=n_groups).clamp(min=1)
-    return sums / counts[:, None, None]
+    executor = make_executor(lm, "fast" if shared_prefix else "plain", batch_size)
+    return TASK_VECTOR.from_prompts(executor, prompt_groups, layers)
 
 
 def extract_task_vector(
@@ -62,6 +41,7 @@ def extract_task_vector(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     n_dummy: int = 2,
     single_token_answers: bool = True,
+    executor: Executor | None = None,
 ) -> TaskVector:
     """theta(S) at every layer, averaged over ICL prompts that end in dummy queries.
 
@@ -72,6 +52,7 @@ def extract_task_vector(
 
     ``single_token_answers=False`` accepts demonstrations whose answers span several tokens (for
     multi-token decoding with :meth:`TaskVector.apply`); the paper's protocol uses one-token answers.
+    ``executor``: how the model is run (default: the fast executor).
     """
     demonstrations = check_demonstrations(lm, demonstrations, template, single_token=single_token_answers)
     if dummy_queries is not None:
@@ -86,7 +67,8 @@ def extract_task_vector(
         prompts = [
             template.icl_prompt(demonstrations[:i] + demonstrations[i + 1 :], demonstrations[i][0]) for i in held_out
         ]
-    vectors = mean_states(lm, [prompts])[0]
+    executor = executor or make_executor(lm, "fast")
+    vectors = TASK_VECTOR.from_prompts(executor, [prompts], range(lm.num_layers))[0]
     metadata = {
         **model_metadata(lm),
         "template": template.to_dict(),

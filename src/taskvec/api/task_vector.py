@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from taskvec.api.patching import apply_generate
 from taskvec.errors import TaskvecError, TaskVectorFileError
+from taskvec.io.vector_files import write_tensors
 
 _KEY = "taskvec"
 FORMAT_VERSION = 2
@@ -117,19 +120,13 @@ class TaskVector:
 
     def apply(self, lm, queries: Sequence[str], max_new_tokens: int = 1, *, layer: int | None = None, **kwargs):
         """Answers to ``queries`` with theta patched at ``layer`` (default: the stored one), decoding up to
-        ``max_new_tokens`` greedily. Keyword arguments go to :func:`taskvec.engine.generation.apply_generate`."""
-        from taskvec.engine.generation import apply_generate
-
+        ``max_new_tokens`` greedily. Keyword arguments go to :func:`taskvec.api.patching.apply_generate`."""
         return apply_generate(lm, self, queries, max_new_tokens=max_new_tokens, layer=layer, **kwargs)
 
     # --- files --------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
         """Write a .safetensors file (atomically: a temporary name, then rename)."""
-        from safetensors.torch import save
-
-        from taskvec.report.results_io import write_text_atomic
-
         path = Path(path)
         vectors = self.vectors.detach().contiguous().float().cpu()
         meta = {
@@ -141,14 +138,11 @@ class TaskVector:
             "dtype": "float32",
             "vectors_sha256": vectors_sha256(vectors),
         }
-        blob = save({"vectors": vectors}, metadata={_KEY: json.dumps(meta, ensure_ascii=False)})
-        write_text_atomic(path, blob)  # unique temporary name in the same folder, fsync, rename
+        write_tensors(path, {"vectors": vectors}, {_KEY: json.dumps(meta, ensure_ascii=False)})
 
     @classmethod
     def load(cls, path: str | Path) -> TaskVector:
         """Read a file written by :meth:`save` (format 1 or 2); a damaged or foreign file raises TaskvecError."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise TaskVectorFileError(f"task vector file {str(path)!r} does not exist")

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from taskvec.engine.task_vector import TaskVector
+from typing import Protocol
+
+import torch
+
 from taskvec.errors import IncompatibleModelError
 from taskvec.models.loading import LoadedModel
+from taskvec.version import __version__
+
+
+class VectorsWithMetadata(Protocol):
+    """What applying reads of a task vector (:class:`taskvec.api.task_vector.TaskVector`): its (layers,
+    hidden) tensor, the recorded metadata and the chosen layer."""
+
+    vectors: torch.Tensor
+    metadata: dict
+    layer: int | None
+
+    def at(self, layer: int | None = None) -> torch.Tensor: ...
 
 
 def hidden_size(lm: LoadedModel) -> int:
@@ -18,8 +33,6 @@ def architecture(lm: LoadedModel) -> str:
 
 def model_metadata(lm: LoadedModel) -> dict:
     """What a task vector file records about the model it was extracted from."""
-    from taskvec import __version__
-
     return {
         "model_id": lm.model_id,
         "model_source": dict(lm.source),
@@ -40,7 +53,7 @@ def _weights_identity(model_id: str | None, source: dict | None) -> str | None:
     return f"id {model_id}" if model_id else None
 
 
-def check_compatible(lm: LoadedModel, task_vector: TaskVector) -> None:
+def check_compatible(lm: LoadedModel, task_vector: VectorsWithMetadata) -> None:
     """Refuse a task vector extracted from another model, naming both.
 
     Always checked: layer count and hidden size. When the vector records them (format 2): architecture,

@@ -1,0 +1,93 @@
+"""Applying a task vector to queries: theta replaces block L's output at the bare query's last token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskvec.api.compat import VectorsWithMetadata, check_compatible
+from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_predictions
+from taskvec.core.interfaces import Executor
+from taskvec.core.methods import TASK_VECTOR
+from taskvec.core.sites import Edit
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
+from taskvec.engine.validation import check_queries
+from taskvec.errors import TaskvecError
+from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
+from taskvec.runtime import make_executor
+
+
+def template_of(task_vector: VectorsWithMetadata) -> PromptTemplate:
+    """The prompt template stored with the task vector (the default one when none is stored)."""
+    stored = task_vector.metadata.get("template")
+    if not stored:
+        return PromptTemplate()
+    if not isinstance(stored, dict) or not all(
+        k in ("query", "separator", "answer_prefix") and isinstance(v, str) for k, v in stored.items()
+    ):
+        raise TaskvecError(
+            f"task vector metadata has template {stored!r}; expected an object with string fields "
+            "query, separator and answer_prefix"
+        )
+    return PromptTemplate(**stored)
+
+
+def patch_inputs(
+    lm: LoadedModel,
+    task_vector: VectorsWithMetadata,
+    queries: Sequence[str],
+    layer: int | None,
+    template: PromptTemplate | None,
+) -> tuple[list[str], list[Edit]]:
+    """The checked bare query prompts and theta's edit for each (at ``layer``, default: the vector's own):
+    what applying ``task_vector`` to ``queries`` needs, for one-token and multi-token answers."""
+    check_compatible(lm, task_vector)
+    queries = check_queries(queries)
+    chosen = task_vector.layer if layer is None else layer
+    if chosen is None:
+        raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
+    (chosen,) = check_layers(lm, [chosen])
+    template = template or template_of(task_vector)
+    prompts = [template.query_prompt(q) for q in queries]
+    return prompts, [TASK_VECTOR.edit(chosen, task_vector.at(chosen))] * len(prompts)
+
+
+def apply_task_vector(
+    lm: LoadedModel,
+    task_vector: VectorsWithMetadata,
+    queries: Sequence[str],
+    layer: int | None = None,
+    *,
+    template: PromptTemplate | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    executor: Executor | None = None,
+) -> list[str]:
+    """Zero-shot answers to ``queries`` with theta patched in at ``layer``.
+
+    The bare query prompt (``example:{x}->``) is run; the output of decoder block ``layer`` at the
+    last position is REPLACED by theta (the whole residual stream there), and the forward pass goes
+    on. Returns the greedy next token of each query, decoded and stripped. ``executor``: how the model
+    is run (default: the fast executor).
+    """
+    prompts, edits = patch_inputs(lm, task_vector, queries, layer, template)
+    executor = executor or make_executor(lm, "fast", batch_size)
+    return decode_predictions(lm, executor.predict(prompts, edits).ids)
+
+
+def apply_generate(
+    lm: LoadedModel,
+    task_vector: VectorsWithMetadata,
+    queries: Sequence[str],
+    max_new_tokens: int = 1,
+    *,
+    layer: int | None = None,
+    template: PromptTemplate | None = None,
+    stop: StopRule = DEFAULT_STOP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    executor: Executor | None = None,
+) -> list[str]:
+    """Answers to ``queries`` with ``task_vector`` patched at ``layer`` (default: its stored layer),
+    decoded greedily up to ``max_new_tokens`` tokens."""
+    prompts, edits = patch_inputs(lm, task_vector, queries, layer, template)
+    executor = executor or make_executor(lm, "fast", batch_size)
+    return executor.generate(prompts, max_new_tokens, edits, stop)

@@ -1,0 +1,1 @@
+"""What the paper computes, with no speed code: intervention sites, methods, the best-layer rule."""

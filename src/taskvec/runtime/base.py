@@ -1,0 +1,90 @@
+"""What both executors share: checks of their inputs, and the operations both run the straightforward way
+(reading sites, log-probabilities of given tokens, multi-token generation, the per-layer sweep)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from taskvec.core.decoding import DEFAULT_STOP, StopRule
+from taskvec.core.interfaces import Method, Predictions
+from taskvec.core.sites import Edit, Site
+from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
+from taskvec.engine.generation import generate
+from taskvec.engine.reading import next_token_logprobs, read_sites
+from taskvec.errors import TaskvecError
+from taskvec.models.loading import LoadedModel
+
+#: Bare query prompts per forward, per unit of ``batch_size`` (they are several times shorter than ICL prompts).
+SHORT_PROMPTS_PER_SLOT = 4
+
+
+class ExecutorBase:
+    """An executor of one model with ``batch_size`` ICL prompts per forward."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TaskvecError(f"batch size must be a positive integer, got {batch_size!r}")
+        self.lm = lm
+        self.batch_size = batch_size
+
+    def predict(
+        self, prompts: Sequence[str], edits: Sequence[Edit] | None = None, *, short: bool = False, made=None
+    ) -> Predictions:
+        raise NotImplementedError
+
+    def rows(self, short: bool) -> int:
+        """Prompts per forward: ``batch_size``, times ``SHORT_PROMPTS_PER_SLOT`` for bare query prompts."""
+        return SHORT_PROMPTS_PER_SLOT * self.batch_size if short else self.batch_size
+
+    def check_edits(self, prompts: Sequence[str], edits: Sequence[Edit] | None) -> None:
+        if edits is None:
+            return
+        if len(edits) != len(prompts):
+            raise TaskvecError(f"got {len(edits)} edits for {len(prompts)} prompts; expected one per prompt")
+        check_layers(self.lm, sorted({e.site.layer for e in edits if e is not None}))
+
+    def check_sweep(self, prompts: Sequence[str], vectors: torch.Tensor, layers: Sequence[int]) -> list[int]:
+        layers = check_layers(self.lm, layers)
+        if vectors.ndim != 3 or vectors.shape[0] != len(prompts) or vectors.shape[1] != self.lm.num_layers:
+            raise TaskvecError(
+                f"sweep vectors have shape {tuple(vectors.shape)}; expected ({len(prompts)} prompts, "
+                f"{self.lm.num_layers} layers, hidden size)"
+            )
+        return layers
+
+    def sweep_by_forwards(
+        self, prompts: Sequence[str], vectors: torch.Tensor, layers: list[int], method: Method
+    ) -> torch.Tensor:
+        """The sweep as one forward per prompt and layer: prompt i with ``method``'s edit of ``vectors[i, l]``."""
+        found = [
+            self.predict(prompts, [method.edit(layer, vectors[i, layer]) for i in range(len(prompts))], short=True).ids
+            for layer in layers
+        ]
+        return torch.stack(found) if found else torch.empty(0, len(prompts), dtype=torch.long)
+
+    def read(
+        self, prompts: Sequence[str], sites: Sequence[Site], edits: Sequence[Edit] | None = None
+    ) -> dict[Site, torch.Tensor]:
+        """The value at each site of each prompt (run whole, ``edits[i]`` applied): ``{site: (N, D)}``."""
+        self.check_edits(prompts, edits)
+        return read_sites(self.lm, prompts, sites, edits, batch_size=self.batch_size)
+
+    def logprobs(
+        self, prompts: Sequence[str], token_ids: Sequence[int], edits: Sequence[Edit] | None = None
+    ) -> torch.Tensor:
+        """Log-probability (N,) of ``token_ids[i]`` as prompt i's next token, ``edits[i]`` applied."""
+        self.check_edits(prompts, edits)
+        return next_token_logprobs(self.lm, prompts, token_ids, edits, batch_size=self.batch_size)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        edits: Sequence[Edit] | None = None,
+        stop: StopRule = DEFAULT_STOP,
+    ) -> list[str]:
+        """Greedy answers, ``edits[i]`` applied on prompt i's first forward (the same path for every executor)."""
+        self.check_edits(prompts, edits)
+        return generate(self.lm, prompts, max_new_tokens, edits=edits, stop=stop, batch_size=self.batch_size)
