@@ -2,8 +2,8 @@
 
     python bench/bench_threads.py [--model gemma-3-270m] [--task to_upper] [--threads 1,2] [--repeats 1]
 
-For each engine path (``plain``: every prompt run whole; ``shared``: shared demonstration prefixes, the
-default), each thread count and each machine state (``quiet``: nothing added by this script; ``busy``: a
+For each executor (``plain``: every prompt run whole; ``shared``: the fast executor, whose shared
+demonstration prefixes suffered most from contention), each thread count and each machine state (``quiet``: nothing added by this script; ``busy``: a
 competing process that keeps one core busy with float32 matrix products, as another job on the machine
 would), one fresh subprocess loads the model and runs the main experiment on one task with small splits
 (``--n-dev 20 --n-test 20 --n-baseline 20``). It prints the wall time of the experiment (model load
@@ -34,7 +34,7 @@ torch.set_num_threads(threads)
 lm = load_model(model)
 config = MainConfig(model=model, tasks=(task,), n_dev=20, n_test=20, n_baseline=20)
 started = time.perf_counter()
-results = run_main(config, out, lm=lm, shared_prefix=shared)
+results = run_main(config, out, lm=lm, executor="fast" if shared else "plain")
 print(json.dumps({"seconds": time.perf_counter() - started, "summary": results["summary"]["mean"]}))
 """
 
