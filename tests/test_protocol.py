@@ -132,16 +132,30 @@ def _file_task(tmp_path, n: int, name: str = "mine") -> str:
     return str(path)
 
 
-def test_a_26_pair_task_file_and_the_26_pair_builtin_task_get_the_same_warning(tmp_path, caplog):
-    builtin, from_file = builtin_task("to_upper"), load_task_file(_file_task(tmp_path, 26))
+def test_a_26_pair_task_file_and_the_26_pair_builtin_task_are_treated_alike(tmp_path, caplog):
+    from tiny_models import make_tiny_model
+
+    rows = "".join(f"{p.input},{p.output}\n" for p in builtin_task("to_upper").pairs)
+    (tmp_path / "caps.csv").write_text("input,output\n" + rows)
+    assert not check_pools(task_pools([builtin_task("to_upper"), load_task_file(tmp_path / "caps.csv")]), SIZES)
+    config = MainConfig(model="tiny", tasks=("to_upper",), task_files=(str(tmp_path / "caps.csv"),),
+                        n_dev=20, n_test=20, n_baseline=5)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="taskvec.tasks.validation"):
+        results = run_main(config, tmp_path / "out", lm=make_tiny_model("llama"))
+    messages = [r.getMessage() for r in caplog.records]  # warned once each, after preparation
+    assert len(messages) == 2 and messages[0].replace("to_upper", "caps") == messages[1]
+    assert "26 usable pairs (of 26) for 40 dev+test queries" in messages[0] and "1.5 sets" in messages[0]
+    assert {name: r["n_usable"] for name, r in results["tasks"].items()} == {"to_upper": 26, "caps": 26}
+
+
+def test_pool_rule_refuses_below_one_set_and_warns_below_the_queries(caplog):
+    assert check_pools([Pool("small", 8, 9)], SIZES) is None
+    with pytest.raises(TaskDataError, match=r"task 'tiny' has 7 usable pairs \(of 9\) but one set needs 8"):
+        check_pools([Pool("tiny", 7, 9), Pool("fine", 200, 200)], SIZES)
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
-        check_pools(task_pools([builtin, from_file]), SIZES)
-    assert not caplog.records  # before preparation the pools are upper bounds: refusals only
-    with caplog.at_level(logging.WARNING):
-        check_pools([Pool("to_upper", 26, 26), Pool("mine", 26, 26)], SIZES)
-    messages = [r.getMessage().replace("to_upper", "NAME").replace("mine", "NAME") for r in caplog.records]
-    assert len(messages) == 2 and messages[0] == messages[1]
-    assert "26 usable pairs (of 26) for 100 dev+test queries" in messages[0] and "3.8 sets" in messages[0]
+        check_pools([Pool("fine", 100, 100), Pool("raw", 26, 26, final=False)], SIZES)
+    assert not caplog.records  # enough queries; raw pools (before the tokenizer) only refuse
 
 
 def test_small_pools_are_refused_before_the_model_loads_and_nothing_is_written(tmp_path):
