@@ -3,12 +3,13 @@
     python bench/bench_threads.py [--model gemma-3-270m] [--task to_upper] [--threads 1,2] [--repeats 1]
 
 For each executor (``plain``: every prompt run whole; ``shared``: the fast executor, whose shared
-demonstration prefixes suffered most from contention), each thread count and each machine state (``quiet``: nothing added by this script; ``busy``: a
-competing process that keeps one core busy with float32 matrix products, as another job on the machine
-would), one fresh subprocess loads the model and runs the main experiment on one task with small splits
-(``--n-dev 20 --n-test 20 --n-baseline 20``). It prints the wall time of the experiment (model load
-excluded) and the 1-minute load average before each measurement: on a shared machine "quiet" is only as
-quiet as the other users let it be, so read the load column.
+demonstration prefixes suffered most from contention), each thread count and each machine state
+(``quiet``: nothing added by this script; ``busy``: a competing process that keeps one core busy with
+float32 matrix products, as another job on the machine would), one fresh subprocess loads the model and
+runs the main experiment on one task with small splits (``--n-dev 20 --n-test 20 --n-baseline 20``). It
+prints the wall time of the experiment (model load excluded) and the 1-minute load average before each
+measurement: on a shared machine "quiet" is only as quiet as the other users let it be, so read the load
+column.
 """
 
 from __future__ import annotations
