@@ -46,6 +46,19 @@ def test_default_model_structure(gemma):
     assert gemma.source["sha256"] == taskvec.BUNDLED_MODELS["gemma-3-270m"].sha256
 
 
+def test_protocol_2_prompts_and_pairs_on_the_real_tokenizer(gemma):
+    """The reference's rules on gemma's tokenizer: word tasks spaced on both sides, knowledge tasks whole."""
+    from taskvec.engine.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE
+    from taskvec.tasks import builtin_task, prepare_task
+
+    gerund = prepare_task(gemma, builtin_task("present_gerund"))
+    assert gerund.template == SPACED_TEMPLATE and gerund.n_usable == 382
+    assert gerund.template.icl_prompt([("want", "wanting")], "go") == "example: want-> wanting\nexample: go->"
+    capitals = prepare_task(gemma, builtin_task("country_capital"))
+    assert capitals.template == DEFAULT_TEMPLATE and capitals.n_usable == 188  # all pairs (protocol 1: 90)
+    assert prepare_task(gemma, builtin_task("list_last")).template == DEFAULT_TEMPLATE
+
+
 def test_upper_case_regular_icl_task_vector_and_baseline(gemma):
     queries = [c for c in string.ascii_lowercase if c not in dict(UPPER_DEMOS)]
     gold = [q.upper() for q in queries]

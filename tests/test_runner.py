@@ -100,12 +100,14 @@ def test_unwritable_or_foreign_output_directories(tiny, tmp_path):
 
 
 def test_task_file_with_too_few_usable_pairs(tiny, tmp_path):
-    pairs = [{"input": c, "output": c.upper()} for c in "abcdefghij"] + [{"input": "k", "output": "KK"}]
+    """Enough pairs before the tokenizer, too few one-token answers after it: refused before any task runs."""
+    pairs = [{"input": c, "output": c.upper()} for c in "abcdefg"] + [{"input": "k", "output": "KK"}]
     (tmp_path / "mine.json").write_text(json.dumps(pairs))
-    config = small_config(tasks=(), task_files=(str(tmp_path / "mine.json"),))
-    with pytest.raises(TaskDataError, match=r"task 'mine' has 10 usable pairs \(of 11;.*\) but needs 12"):
+    config = small_config(tasks=("to_upper",), task_files=(str(tmp_path / "mine.json"),))
+    with pytest.raises(TaskDataError, match=r"task 'mine' has 7 usable pairs \(of 8\) but one set needs 8"):
         run_main(config, tmp_path / "out", lm=tiny)
     assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out" / "tasks").exists()  # to_upper, valid, was not computed either
 
 
 def test_a_task_file_runs_like_a_builtin_task(tiny, tmp_path):

@@ -23,11 +23,11 @@ def template_of(task_vector: VectorsWithMetadata) -> PromptTemplate:
     if not stored:
         return PromptTemplate()
     if not isinstance(stored, dict) or not all(
-        k in ("query", "separator", "answer_prefix") and isinstance(v, str) for k, v in stored.items()
+        k in ("query", "separator", "answer_prefix", "input_prefix") and isinstance(v, str) for k, v in stored.items()
     ):
         raise TaskvecError(
             f"task vector metadata has template {stored!r}; expected an object with string fields "
-            "query, separator and answer_prefix"
+            "query, separator, answer_prefix and optionally input_prefix"
         )
     return PromptTemplate(**stored)
 

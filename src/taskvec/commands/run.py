@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
     from taskvec.models.loading import check_model_spec
     from taskvec.report import write_comparison
     from taskvec.tasks.registry import load_tasks, resolve_task_names
+    from taskvec.tasks.validation import PoolSizes, check_pools, task_pools
 
     # Everything that can be checked without a model is checked here, for every model of the run,
     # so that a bad value stops the run before hours of work rather than after the first model.
@@ -75,7 +76,9 @@ def run(args: argparse.Namespace) -> None:
     tasks = tuple(resolve_task_names(names))
     if not tasks and not args.task_file:
         raise TaskvecError("no tasks to run: name built-in tasks with --tasks or give --task-file")
-    task_names = [t.name for t in load_tasks(tasks, args.task_file)]  # task files: readable, well-formed
+    loaded = load_tasks(tasks, args.task_file)  # task files: readable, well-formed
+    check_pools(task_pools(loaded), PoolSizes(args.shots, args.n_dev, args.n_test, args.n_dummy))
+    task_names = [t.name for t in loaded]
     base = Path(args.out) if args.out else Path("taskvec-runs")
     plans = []
     for model in models:

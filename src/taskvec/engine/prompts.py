@@ -1,5 +1,5 @@
 """Moved to :mod:`taskvec.prompts` (tasks and engine both use it); kept importable for one release."""
 
-from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from taskvec.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE, PromptTemplate
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptTemplate"]
+__all__ = ["DEFAULT_TEMPLATE", "SPACED_TEMPLATE", "PromptTemplate"]

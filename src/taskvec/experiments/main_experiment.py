@@ -22,6 +22,7 @@ from taskvec.runtime import make_executor
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
+from taskvec.tasks.protocol import protocol_record
 from taskvec.tasks.registry import PAPER_TASKS
 from taskvec.tasks.sampling import EvalSet, draw_splits
 from taskvec.tasks.scoring import is_correct
@@ -44,6 +45,7 @@ class MainConfig:
     batch_size: int | str = 32  # ICL prompts per forward, or "auto" (the runner halves it on out-of-memory errors)
     recheck_margin: float = DEFAULT_RECHECK_MARGIN  # dtype "mixed" only: test close calls redone in float32
     extra: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=protocol_record)  # prompt/scoring choices (tasks.protocol)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -164,6 +166,7 @@ def evaluate_task(
         "n_pairs": len(task.pairs),
         "n_usable": prepared.n_usable,
         "answer_prefix": template.answer_prefix,
+        "input_prefix": template.input_prefix,
         "regular": accuracy_entry(icl_ok),
         "hypothesis": accuracy_entry(tv_ok),
         "baseline": accuracy_entry(bl_ok),

@@ -17,7 +17,6 @@ import transformers
 
 from taskvec.core.interfaces import Executor
 from taskvec.engine.accounting import Accounting, accounting, stage
-from taskvec.errors import TaskDataError
 from taskvec.experiments.backoff import BatchBackoff
 from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
@@ -36,29 +35,12 @@ from taskvec.runtime import make_executor
 from taskvec.stats import summarize
 from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.registry import load_tasks
-from taskvec.tasks.sampling import minimum_pairs
+from taskvec.tasks.validation import PoolSizes, check_pools, prepared_pools, task_pools
 from taskvec.version import __version__
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (task name, tasks finished, tasks in all)
-
-
-def check_sizes(prepared: list[PreparedTask], config: MainConfig) -> None:
-    """Refuse tasks that cannot fill one prompt (and task files short of the whole run); warn otherwise."""
-    floor = minimum_pairs(config.shots, config.n_dummy)
-    wanted = config.shots + config.n_dev + config.n_test
-    for p in prepared:
-        if p.n_usable < floor or (p.task.source != "builtin" and p.n_usable < wanted):
-            need = floor if p.n_usable < floor else wanted
-            raise TaskDataError(
-                f"task {p.name!r} has {p.n_usable} usable pairs (of {len(p.task.pairs)}; answers must be one token "
-                f"for this model) but needs {need} for shots={config.shots}, n_dev={config.n_dev}, "
-                f"n_test={config.n_test}"
-            )
-        if p.n_usable < wanted:
-            logger.warning("task %s: %d usable pairs, fewer than the %d the run needs: queries repeat across sets",
-                           p.name, p.n_usable, wanted)  # fmt: skip
 
 
 def versions() -> dict[str, str]:
@@ -98,6 +80,8 @@ def run_main(
     """
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
+    sizes = PoolSizes(config.shots, config.n_dev, config.n_test, config.n_dummy)
+    check_pools(task_pools(tasks), sizes)  # every task, before the model loads (the same rule after preparation)
     with output_dir_lock(out_dir, wait=wait) as out, accounting() as work:
         probe_writable(out)
         remove_stale_temp_files(out)
@@ -106,7 +90,7 @@ def run_main(
             lm = lm or load_model(config.model, dtype=config.dtype, device=device)
         with stage("prepare"):
             prepared = [prepare_task(lm, t) for t in tasks]
-        check_sizes(prepared, config)
+        check_pools(prepared_pools(prepared), sizes)
         if not resuming:
             write_run_config(out, config.to_dict())
         runs = make_executor(lm, executor, recheck_margin=config.recheck_margin)  # batch size: per task, below

@@ -53,12 +53,19 @@ def resolve_task_names(spec: Iterable[str]) -> list[str]:
     return names
 
 
-def load_task_file(path: str | Path, category: str = "custom", scoring: str = "exact") -> Task:
-    """A task from a JSON, JSONL or CSV file of input/output pairs.
+#: Keys of a task file that describe the task rather than a pair.
+HEADER_KEYS = ("name", "category", "scoring", "description", "provenance")
 
-    JSON: a list of {"input", "output"[, "alternatives"]} objects, or an object with "pairs" and
-    optional "name", "category", "scoring", "description". JSONL: one pair object per line. CSV: a
-    header with "input" and "output" columns and optionally "alternatives" (separated by "|").
+
+def load_task_file(path: str | Path, category: str = "custom", scoring: str | None = None) -> Task:
+    """A task from a JSON, JSONL or CSV file of input/output pairs; every format can set the task's
+    name, category, scoring, description and provenance (``scoring`` defaults by category:
+    :func:`default_scoring`).
+
+    JSON: a list of {"input", "output"[, "alternatives"]} objects, or an object with "pairs" and those
+    keys. JSONL: one pair object per line, optionally after a first line holding only those keys
+    (``{"category": "knowledge"}``). CSV: a header with "input" and "output" columns and optionally
+    "alternatives" (separated by "|"), optionally after lines ``# key: value`` (``# scoring: prefix``).
     """
     path = Path(path)
     if not path.is_file():
@@ -71,9 +78,9 @@ def load_task_file(path: str | Path, category: str = "custom", scoring: str = "e
             if isinstance(document, list):
                 document = {"pairs": document}
         elif suffix == ".jsonl":
-            document = {"pairs": [json.loads(line) for line in text.splitlines() if line.strip()]}
+            document = _jsonl_document(text, path)
         elif suffix == ".csv":
-            document = {"pairs": _csv_rows(text, path)}
+            document = _csv_document(text, path)
         else:
             raise TaskDataError(f"task file {str(path)!r} has suffix {suffix!r}; expected .json, .jsonl or .csv")
     except (ValueError, csv.Error, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -84,12 +91,51 @@ def load_task_file(path: str | Path, category: str = "custom", scoring: str = "e
         raise TaskDataError(f"task file {str(path)!r}: expected a list of pairs or an object with 'pairs'")
     document.setdefault("name", path.stem)
     document.setdefault("category", category)
-    document.setdefault("scoring", scoring)
+    if document.get("scoring") is None:
+        document["scoring"] = scoring or default_scoring(document["category"])
     return _task_from_document(document, str(path), str(path))
 
 
-def _csv_rows(text: str, path: Path) -> list[dict]:
-    reader = csv.DictReader(text.splitlines())
+def default_scoring(category: object) -> str:
+    """The scoring a task file gets when it sets none: prefix for knowledge tasks (as the reference),
+    alternatives for translation (the output or an alternative), exact otherwise."""
+    return {"knowledge": "prefix", "translation": "alternatives"}.get(str(category), "exact")
+
+
+def _jsonl_document(text: str, path: Path) -> dict:
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    header: dict = {}
+    if rows and isinstance(rows[0], dict) and not {"input", "output"} & set(rows[0]):
+        header, rows = rows[0], rows[1:]
+        _check_header_keys(header, path)
+    return {**header, "pairs": rows}
+
+
+def _csv_document(text: str, path: Path) -> dict:
+    lines = text.splitlines()
+    header: dict = {}
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("#")):
+        line = lines.pop(0).lstrip().lstrip("#").strip()
+        if line:
+            key, sep, value = line.partition(":")
+            if not sep:
+                raise TaskDataError(f"task file {str(path)!r}: comment line {line!r} is not '# key: value'")
+            header[key.strip()] = value.strip()
+    _check_header_keys(header, path)
+    return {**header, "pairs": _csv_rows(lines, path)}
+
+
+def _check_header_keys(header: dict, path: Path) -> None:
+    unknown = sorted(set(header) - set(HEADER_KEYS))
+    if unknown:
+        raise TaskDataError(
+            f"task file {str(path)!r}: unknown task key(s) {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(HEADER_KEYS)}"
+        )
+
+
+def _csv_rows(lines: list[str], path: Path) -> list[dict]:
+    reader = csv.DictReader(lines)
     if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):
         raise TaskDataError(f"task file {str(path)!r}: CSV header must have 'input' and 'output' columns")
     rows = []
