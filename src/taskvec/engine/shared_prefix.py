@@ -125,6 +125,20 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     return own
 
 
+def last_token_rows(batch: Batch, prefix_cache: DynamicCache, k: int) -> tuple[Batch, DynamicCache]:
+    """Each prompt's last token ``k`` times (prompt-major rows: prompt i is rows i*k .. i*k+k-1) and a fork of
+    the cache of all the prompts' other tokens, repeated to match: k variants of one last-token forward."""
+    cache = fork_cache(prefix_cache)
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+    step = Batch(
+        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
+        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
+        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
+    )
+    return step, cache
+
+
 def _prefix_forward(lm: LoadedModel, prefixes: list[list[int]], deepest: int) -> tuple[Batch, DynamicCache]:
     """Key/value cache of the left-padded prefixes, for blocks ``0..deepest``."""
     batch = collate(lm, prefixes)

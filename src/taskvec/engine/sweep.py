@@ -20,7 +20,7 @@ from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.hooks import skip_blocks
 from taskvec.engine.interventions import intervene
 from taskvec.engine.numerics import check_finite
-from taskvec.engine.shared_prefix import fork_cache
+from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.vocab_argmax import argmax_and_margin
 from taskvec.errors import TaskvecError
@@ -109,14 +109,7 @@ def _last_token_ids(
     each l of ``chunk``: one forward over n * k rows, prompt-major. ``fast`` skips the blocks below
     ``min(chunk)`` and takes the argmax over a vocabulary shortlist instead of building full logits."""
     n, k = len(batch), len(chunk)
-    cache = fork_cache(prefix_cache)
-    if k > 1:
-        cache.batch_repeat_interleave(k)
-    step = Batch(
-        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-    )
+    step, cache = last_token_rows(batch, prefix_cache, k)
     edits = replacements(chunk * n, vectors[:, chunk, :].reshape(n * k, -1))
     skipped = skip_blocks(lm.adapter.layers, min(chunk), arity) if fast else contextlib.nullcontext()
     with skipped, intervene(lm.adapter, edits):

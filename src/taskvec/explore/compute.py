@@ -25,7 +25,7 @@ from taskvec.engine.forward import next_token_logits, predict_token_ids
 from taskvec.engine.interventions import intervene
 from taskvec.engine.projection import projected_top_tokens
 from taskvec.engine.prompts import PromptTemplate
-from taskvec.engine.shared_prefix import fork_cache
+from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
@@ -113,14 +113,7 @@ def _last_token(lm: LoadedModel, theta: TaskVector, batch: Batch, prefix, chunk:
     """Argmax ids and gold probabilities (len(chunk), n) of the batch's last tokens with theta[l] patched
     for each layer l of ``chunk``: one forward of n * len(chunk) rows over a fork of the prefix cache."""
     n, k = len(batch), len(chunk)
-    cache = fork_cache(prefix)
-    if k > 1:
-        cache.batch_repeat_interleave(k)  # rows: query-major, then layer
-    last = Batch(
-        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-    )
+    last, cache = last_token_rows(batch, prefix, k)  # rows: query-major, then layer
     vectors = theta.vectors[chunk].repeat(n, 1)  # row q * k + i: layer chunk[i]
     with intervene(lm.adapter.layers, replacements(chunk * n, vectors)):
         logits = next_token_logits(lm, last, cache=cache).view(n, k, -1)

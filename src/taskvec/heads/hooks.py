@@ -14,16 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from taskvec.engine.hooks import hidden_of, registered, with_hidden
 from taskvec.heads.sites import HeadSite
-
-
-@contextmanager
-def _removing(handles: list) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -38,7 +30,7 @@ def capture_head_outputs(sites: Sequence[HeadSite], store: dict[int, torch.Tenso
         return hook
 
     handles = [site.out_proj.register_forward_pre_hook(make(site)) for site in sites]
-    with _removing(handles):
+    with registered(handles):
         yield
 
 
@@ -77,12 +69,8 @@ def patch_heads(sites: Sequence[HeadSite], patches: Sequence[HeadPatch]) -> Iter
 
     handles = [site_of[layer].out_proj.register_forward_pre_hook(make(site_of[layer], items))
                for layer, items in by_layer.items()]  # fmt: skip
-    with _removing(handles):
+    with registered(handles):
         yield
-
-
-def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -92,13 +80,13 @@ def add_to_block_output(layers: nn.ModuleList, additions: Mapping[int, torch.Ten
 
     def make(vector: torch.Tensor):
         def hook(module, args, output):
-            hidden = _hidden(output)
+            hidden = hidden_of(output)
             patched = hidden.clone()
             patched[:, -1, :] += vector.to(device=hidden.device, dtype=hidden.dtype)
-            return (patched, *output[1:]) if isinstance(output, tuple) else patched
+            return with_hidden(output, patched)
 
         return hook
 
     handles = [layers[layer].register_forward_hook(make(vec)) for layer, vec in additions.items()]
-    with _removing(handles):
+    with registered(handles):
         yield

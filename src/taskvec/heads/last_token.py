@@ -23,7 +23,7 @@ from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import next_token_logits
 from taskvec.engine.hooks import capture_last_position, skip_blocks
 from taskvec.engine.interventions import intervene
-from taskvec.engine.shared_prefix import fork_cache
+from taskvec.engine.shared_prefix import fork_cache, last_token_rows
 from taskvec.errors import TaskvecError
 from taskvec.heads.hooks import HeadPatch, patch_heads
 from taskvec.heads.sites import HeadSite, head_sites
@@ -111,14 +111,7 @@ def _patched(lm, sites: list[HeadSite], batch: Batch, cache, chosen, values, gol
     """(n, k) p(gold) for each of the n prompts with each of the k chosen heads patched, prompt-major rows.
     With ``states`` (n, L, H), blocks below the lowest chosen layer are skipped."""
     n, k = len(batch), len(chosen)
-    own = fork_cache(cache)
-    if k > 1:
-        own.batch_repeat_interleave(k)
-    step = Batch(
-        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-    )
+    step, own = last_token_rows(batch, cache, k)
     patches = [HeadPatch(row=i * k + c, layer=h[0], head=h[1], value=values[h[0], h[1]])
                for i in range(n) for c, h in enumerate(chosen)]  # fmt: skip
     low = min(h[0] for h in chosen)

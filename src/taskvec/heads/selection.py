@@ -18,7 +18,7 @@ from taskvec.core.decoding import decode_predictions
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.prompts import PromptTemplate
-from taskvec.engine.shared_prefix import fork_cache
+from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution
@@ -60,14 +60,7 @@ def added_vector_token_ids(
 def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen) -> torch.Tensor:
     """(n, k) next token of each prompt under each chosen (layer, vector), prompt-major rows."""
     n, k = len(batch), len(chosen)
-    own = fork_cache(cache)
-    if k > 1:
-        own.batch_repeat_interleave(k)
-    step = Batch(
-        input_ids=batch.input_ids[:, -1:].repeat_interleave(k, dim=0),
-        attention_mask=batch.attention_mask.repeat_interleave(k, dim=0),
-        position_ids=batch.position_ids[:, -1:].repeat_interleave(k, dim=0),
-    )
+    step, own = last_token_rows(batch, cache, k)
     hidden = chosen[0][1].shape[-1]
     additions: dict[int, torch.Tensor] = {}
     for c, (layer, vector) in enumerate(chosen):
