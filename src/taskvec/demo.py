@@ -35,7 +35,13 @@ def run_demo(lm: LoadedModel, task_name: str = "to_upper", shots: int = 5, n_que
     new, choose = rest[:n_queries], rest[n_queries : n_queries + 30] or rest[:n_queries]
     template = prepared.template
     demo_pairs = [(p.input, p.output) for p in demos]
-    theta = extract_task_vector(lm, demo_pairs, [p.input for p in dummies], template=template)
+    theta = extract_task_vector(
+        lm,
+        demo_pairs,
+        [p.input for p in dummies],
+        template=template,
+        single_token_answers=prepared.single_token_answers,
+    )
     sweep = layer_sweep(lm, theta, [p.input for p in choose], [p.output for p in choose])
     theta.layer = sweep.best_layer
     queries = [p.input for p in new]

@@ -82,7 +82,12 @@ def extract_for_task(
         chosen = rng.sample(pool, per_set)
         demos = [(p.input, p.output) for p in chosen[: config.shots]]
         dummies = [p.input for p in chosen[config.shots :]]
-        vectors.append(extract_task_vector(lm, demos, dummies, template=prepared.template, executor=executor))
+        single_token = prepared.single_token_answers
+        vectors.append(
+            extract_task_vector(
+                lm, demos, dummies, template=prepared.template, executor=executor, single_token_answers=single_token
+            )
+        )
         if progress is not None:
             progress(k + 1)
     theta = TaskVector.mean(vectors) if len(vectors) > 1 else vectors[0]

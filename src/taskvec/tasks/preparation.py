@@ -45,6 +45,11 @@ class PreparedTask:
     def n_usable(self) -> int:
         return len(self.pairs)
 
+    @property
+    def single_token_answers(self) -> bool:
+        """Whether every kept answer is one token (False for prefix-scored tasks, which keep every pair)."""
+        return prompt_rule(self.task) != ALL_PAIRS_RULE
+
 
 def prompt_rule(task: Task) -> str:
     """How ``task`` is prepared: ALL_PAIRS_RULE (prefix scoring), WORD_RULE or PLAIN_RULE (algorithmic)."""
