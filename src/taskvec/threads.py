@@ -1,17 +1,19 @@
 """How many CPU threads torch uses: ``--threads N``, else ``$TASKVEC_THREADS``, else one per idle core.
 
 On a CPU, torch's intra-op threads wait for each other at the end of every operation; when another
-process holds a core, one of them is descheduled and the others spin until it comes back. Measured on
-a 2-core machine (``python bench/bench_threads.py``; see the README): with a competing process, 2
-threads ran several times slower than 1, while on a quiet machine 2 threads were faster. So the default
-("auto") counts the cores that are idle when the command starts (cores minus the 1-minute load
-average, rounded) and never uses more threads than that, nor fewer than one.
+process holds a core, one of them is descheduled and the others wait for it. Measured on a 2-core machine
+(``python bench/bench_threads.py``, README "Threads"): quiet, 2 threads were 1.5-1.7x faster than 1; with
+one competing process, 2 threads were 1.2-1.4x SLOWER than 1. So the default ("auto") counts the cores
+that are idle when the command starts — cores minus the cores other processes keep busy, sampled from
+``/proc/stat`` over a quarter of a second (not the load average, which still counts this user's previous
+run for a minute) — and uses that many threads, at least one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 import torch
 
@@ -31,15 +33,39 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def idle_cores(cores: int | None = None, load: float | None = None) -> int:
-    """Cores not busy with other work right now: ``cores`` minus the 1-minute load average, at least 1."""
+def busy_cores(interval: float = 0.25) -> float | None:
+    """How many cores the machine's processes keep busy now, sampled from /proc/stat over ``interval``
+    seconds (this process sleeps meanwhile, so it counts only the others); None where there is no /proc."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / elapsed)
+
+
+def idle_cores(cores: int | None = None, busy: float | None = None) -> int:
+    """Cores not busy with other work right now: ``cores`` minus the busy ones (measured when not given;
+    the 1-minute load average where /proc/stat is missing), at least 1."""
     cores = available_cores() if cores is None else cores
-    if load is None:
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
         try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load average on this platform: trust the core count
-            load = 0.0
-    return max(1, min(cores, cores - round(load)))
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load figure on this platform: trust the core count
+            busy = 0.0
+    return max(1, min(cores, cores - round(busy)))
 
 
 def parse_threads(value: str | int | None, source: str = "--threads") -> int | None:
