@@ -31,6 +31,17 @@ def test_float16_run_on_gemma_stops_with_a_numerical_error(tmp_path, capsys):
 
 
 def test_batch_size_does_not_change_float32_predictions_on_gemma():
+    # One thread, as this test was validated with: with 2 threads, hidden states of batch sizes 1 and 32 were
+    # seen to differ slightly beyond 1e-4 at layers 6/9 (predictions still equal), since `auto` threads may be 2.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_batch_sizes()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_batch_sizes():
     lm = taskvec.load_model("gemma-3-270m")
     icl = [SPACED.icl_prompt(DEMOS, q) for q in QUERIES]
     bare = [SPACED.query_prompt(q) for q in [*QUERIES, "France", "dog", "12"]]
