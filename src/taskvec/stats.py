@@ -47,10 +47,36 @@ def summarize(task_results: dict[str, dict]) -> dict:
     for t in tasks:
         categories.setdefault(str(t.get("category", "other")), []).append(t)
     fractions = [t["best_layer_fraction"] for t in tasks if isinstance(t.get("best_layer_fraction"), (int, float))]
-    return {
+    summary = {
         "mean": means(tasks),
         "by_category": {c: means(items) for c, items in categories.items()},
         "mean_best_layer_fraction": sum(fractions) / len(fractions) if fractions else None,
+    }
+    if any("methods" in t for t in tasks):
+        summary["methods"] = method_means(tasks)
+    return summary
+
+
+def method_means(tasks: list[dict]) -> dict:
+    """Per method and control (``methods`` and ``controls`` of the tasks that have them), the mean over tasks
+    of accuracy on all items, accuracy on the ICL-correct items and the fraction of ICL recovered."""
+    entries: dict[str, list[dict]] = {}
+    for t in tasks:
+        for name, entry in {**t.get("methods", {}), **t.get("controls", {})}.items():
+            entries.setdefault(name, []).append(entry)
+
+    def mean(values: list) -> float | None:
+        values = [v for v in values if isinstance(v, (int, float))]
+        return sum(values) / len(values) if values else None
+
+    return {
+        name: {
+            "accuracy": mean([e["accuracy"] for e in items]),
+            "icl_correct": mean([e["icl_correct"]["accuracy"] for e in items if e["icl_correct"]["n"]]),
+            "recovered": mean([e.get("recovered") for e in items]),
+            "n_tasks": len(items),
+        }
+        for name, items in entries.items()
     }
 
 

@@ -35,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-baseline", type=int, default=100, help="bare queries per task for the zero-shot baseline")
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries averaged per task vector")
     parser.add_argument("--seed", type=int, default=41, help="sampling seed (41: the published results)")
+    parser.add_argument(
+        "--methods", default="tv",
+        help="methods compared: tv (the task vector: the paper), fv (function vectors, with head attribution); "
+             "more than tv adds the controls (random vector of the same norm, task-agnostic mean, shuffled-label "
+             "ICL with and without each vector). Example: --methods tv,fv",
+    )  # fmt: skip
+    parser.add_argument("--fv-k", default="1,2,5,10", help="with fv: numbers of heads tried on dev")
+    parser.add_argument("--fv-scales", default="0.5,1,2,4", help="with fv: scales of the vector tried on dev")
+    parser.add_argument("--fv-corrupted", type=int, default=25,
+                        help="with fv: shuffled-label prompts per task for the head attribution")  # fmt: skip
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument(
@@ -54,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from taskvec.core.methods import parse_methods
     from taskvec.experiments.backoff import parse_batch_size
     from taskvec.experiments.main_experiment import MainConfig
     from taskvec.experiments.outdir import check_run_config, finished_task_names
@@ -68,6 +79,8 @@ def run(args: argparse.Namespace) -> None:
     # so that a bad value stops the run before hours of work rather than after the first model.
     require_positive(args, "shots", "n_dev", "n_test", "n_baseline", "n_dummy")
     recheck_margin = check_recheck_margin(args.recheck_margin)
+    methods = parse_methods(args.methods)
+    fv = fv_settings(args) if "function_vector" in methods else {}
     batch_size, device = parse_batch_size(args.batch_size), check_device(args.device)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if not models:
@@ -87,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
                             seed=args.seed, dtype=args.dtype, batch_size=batch_size,
-                            recheck_margin=recheck_margin)  # fmt: skip
+                            recheck_margin=recheck_margin, methods=methods, fv=fv)  # fmt: skip
         resuming = out.is_dir() and check_run_config(out, config.to_dict())  # refuses another configuration
         plans.append((model, out, config, finished_task_names(out, task_names) if resuming else []))
     run_dirs = []
@@ -110,6 +123,9 @@ def run(args: argparse.Namespace) -> None:
             for bar in bars:
                 bar.close()
         mean = results["summary"]["mean"]
+        for name, entry in (results["summary"].get("methods") or {}).items():
+            print(f"  {name:32s} {entry['accuracy']:.2f} (ICL-correct items {entry['icl_correct'] or 0:.2f})",
+                  file=sys.stderr)  # fmt: skip
         print(f"{model}: {mean['n_tasks']} tasks  baseline {mean['baseline']:.2f}  task vector {mean['hypothesis']:.2f}"
               f"  regular ICL {mean['regular']:.2f}  TV/ICL {mean['tv_over_icl'] or 0:.2f}  "
               f"({results['timing']['seconds']:.0f} s)  -> {out}/report.html")  # fmt: skip
@@ -117,3 +133,21 @@ def run(args: argparse.Namespace) -> None:
     if len(run_dirs) > 1:
         paths = write_comparison(base, run_dirs)
         print(f"comparison -> {paths['html']}")
+
+
+def _numbers(text: str, option: str, kind: type) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise TaskvecError(f"{option} {text!r}: expected positive numbers separated by commas")
+    return values
+
+
+def fv_settings(args: argparse.Namespace) -> dict:
+    """The function vector's settings from the command line (positive numbers, checked)."""
+    if args.fv_corrupted < 1:
+        raise TaskvecError(f"--fv-corrupted {args.fv_corrupted}: expected a positive number of prompts")
+    return {"n_corrupted": args.fv_corrupted, "ks": _numbers(args.fv_k, "--fv-k", int),
+            "scales": _numbers(args.fv_scales, "--fv-scales", float)}  # fmt: skip

@@ -11,9 +11,10 @@ import torch
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor, Made
 from taskvec.core.layers import best_layer
-from taskvec.core.methods import TASK_VECTOR
+from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod, TaskVectorMethod
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN
+from taskvec.experiments.method_comparison import FvSettings, choose_function_vector, compare_methods
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MIXED
 from taskvec.models.registry import DEFAULT_MODEL
@@ -46,13 +47,28 @@ class MainConfig:
     recheck_margin: float = DEFAULT_RECHECK_MARGIN  # dtype "mixed" only: test close calls redone in float32
     extra: dict = field(default_factory=dict)
     protocol: dict = field(default_factory=protocol_record)  # prompt/scoring choices (tasks.protocol)
+    methods: tuple[str, ...] = (TaskVectorMethod.name,)  # more than the task vector: methods compared, controls
+    fv: dict = field(default_factory=dict)  # FvSettings fields that differ from their defaults
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"], d["task_files"] = list(self.tasks), list(self.task_files)
         if self.dtype != MIXED:
             del d["recheck_margin"]  # meaningless without mixed precision
+        if not self.compares:  # the paper's run: its configuration is what it was before methods existed
+            del d["methods"], d["fv"]
+        else:
+            d["methods"], d["fv"] = list(self.methods), self.fv_settings.to_dict()
         return d
+
+    @property
+    def compares(self) -> bool:
+        """Whether methods are compared (with the controls), beyond the paper's task vector alone."""
+        return tuple(self.methods) != (TaskVectorMethod.name,)
+
+    @property
+    def fv_settings(self) -> FvSettings:
+        return FvSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.fv.items()})
 
 
 def task_rng(seed: int, task_name: str) -> random.Random:
@@ -60,7 +76,7 @@ def task_rng(seed: int, task_name: str) -> random.Random:
     return random.Random(f"{seed}:{task_name}")
 
 
-def _rows(
+def example_rows(
     task: str, split: str, method: str, layer, prompts, sets_or_pairs, predictions, correct, rechecked=None
 ) -> list[dict]:
     """Per-example rows; ``rechecked`` (mixed precision) marks close calls recomputed in float32."""
@@ -74,18 +90,17 @@ def _rows(
     return rows
 
 
-def set_vectors(
-    executor: Executor, template: PromptTemplate, sets: list[EvalSet], layers: list[int]
-) -> torch.Tensor:
+def set_vectors(executor: Executor, template: PromptTemplate, sets: list[EvalSet], layers: list[int]) -> torch.Tensor:
     """theta of each set (its demonstrations, averaged over its dummy queries) at ``layers``: (sets, layers, H)."""
     return TASK_VECTOR.vectors(executor, template, sets, layers)
 
 
 def dev_sweep(
     executor: Executor, prepared: PreparedTask, dev: list[EvalSet]
-) -> tuple[list[float], list[list[str]], list[list[bool]]]:
+) -> tuple[list[float], list[list[str]], list[list[bool]], torch.Tensor]:
     """Each dev set's theta patched into its bare query at every layer: accuracy, predictions and
-    correctness per layer. Work goes to the stages dev_theta and dev_sweep."""
+    correctness per layer, and theta averaged over the dev sets (layers, H). Work goes to the stages
+    dev_theta and dev_sweep."""
     lm, template = executor.lm, prepared.template
     prompts = [template.query_prompt(s.query.input) for s in dev]
     layers = list(range(lm.num_layers))
@@ -100,7 +115,7 @@ def dev_sweep(
         accuracy.append(sum(ok) / len(ok))
         predictions.append(preds)
         correct.append(ok)
-    return accuracy, predictions, correct
+    return accuracy, predictions, correct, vectors.mean(0)
 
 
 def main_executor(lm: LoadedModel, config: MainConfig, kind: str = "fast") -> Executor:
@@ -109,9 +124,19 @@ def main_executor(lm: LoadedModel, config: MainConfig, kind: str = "fast") -> Ex
 
 
 def evaluate_task(
-    lm: LoadedModel, prepared: PreparedTask, config: MainConfig, *, executor: Executor | None = None
+    lm: LoadedModel,
+    prepared: PreparedTask,
+    config: MainConfig,
+    *,
+    executor: Executor | None = None,
+    vectors_out: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run one task through the protocol; returns its results entry and its per-example rows.
+
+    With methods compared (``config.methods`` beyond the task vector), the function vector and the controls
+    of :mod:`taskvec.experiments.method_comparison` are added. ``vectors_out``, when given, receives the task's
+    vectors for the task-agnostic control: theta averaged over the dev sets at every layer
+    (``theta_dev_mean``) and the function vector (``function_vector``).
 
     ``executor`` runs the model (default: the fast one, :func:`main_executor`); every executor gives the
     same float32 predictions. Work is attributed to the stages dev_theta, dev_sweep, test_theta_icl,
@@ -131,9 +156,9 @@ def evaluate_task(
     rows: list[dict] = []
     # Dev: sweep every layer; the best layer is the first with the top dev accuracy.
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
-    dev_accuracy, dev_preds, dev_ok = dev_sweep(executor, prepared, dev)
+    dev_accuracy, dev_preds, dev_ok, theta_dev_mean = dev_sweep(executor, prepared, dev)
     for layer, (preds, ok) in enumerate(zip(dev_preds, dev_ok)):
-        rows += _rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
+        rows += example_rows(name, "dev", "dev_sweep", layer, dev_prompts, dev, preds, ok)
     best = best_layer(dev_accuracy)
 
     # Test: the task vector at the best layer, regular ICL (the same demonstrations), and the zero-shot baseline.
@@ -141,8 +166,9 @@ def evaluate_task(
     test_prompts = [template.query_prompt(p.input) for p in test_pairs]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in test]
     with stage("test_theta_icl"):
-        vectors, icl = TASK_VECTOR.vectors_and_predictions(executor, template, test, [best], icl_prompts)
-    edits = [TASK_VECTOR.edit(best, v) for v in vectors[:, 0, :]]
+        thetas, icl = TASK_VECTOR.vectors_and_predictions(executor, template, test, [best], icl_prompts)
+    tv_thetas = thetas[:, 0, :]
+    edits = [TASK_VECTOR.edit(best, v) for v in tv_thetas]
     with stage("test_tv"):
         tv = executor.predict(test_prompts, edits, short=True, made=Made(TASK_VECTOR, template, test))
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
@@ -156,9 +182,9 @@ def evaluate_task(
         return None if rechecked is None else rechecked.mask.reshape(-1)
 
     tv_ok, icl_ok, bl_ok = score(tv_preds, test_pairs), score(icl_preds, test_pairs), score(bl_preds, baseline_pairs)
-    rows += _rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok, again("hypothesis"))
-    rows += _rows(name, "test", "regular", None, icl_prompts, test, icl_preds, icl_ok, again("regular"))
-    rows += _rows(name, "test", "baseline", None, bl_prompts, baseline_pairs, bl_preds, bl_ok, again("baseline"))
+    rows += example_rows(name, "test", "hypothesis", best, test_prompts, test, tv_preds, tv_ok, again("hypothesis"))
+    rows += example_rows(name, "test", "regular", None, icl_prompts, test, icl_preds, icl_ok, again("regular"))
+    rows += example_rows(name, "test", "baseline", None, bl_prompts, baseline_pairs, bl_preds, bl_ok, again("baseline"))
     result = {
         "category": task.category,
         "description": task.description,
@@ -175,6 +201,23 @@ def evaluate_task(
         "dev_accuracy_by_layer": dev_accuracy,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if vectors_out is not None:
+        vectors_out["theta_dev_mean"] = theta_dev_mean
+    if config.compares:
+        task_fv = None
+        if FunctionVectorMethod.name in config.methods:
+            task_fv = choose_function_vector(executor, prepared, dev, config.fv_settings, rng)
+            result["function_vector"] = task_fv.to_dict()
+            if vectors_out is not None:
+                vectors_out["function_vector"] = task_fv.fv.vector
+        outcomes = {"regular": icl_ok, "hypothesis": tv_ok}
+        methods, controls, batches = compare_methods(
+            executor, prepared, test, best, tv_thetas, outcomes, task_fv, rng
+        )
+        result["methods"], result["controls"] = methods, controls
+        for method, layer, prompts, predictions, ok in batches:
+            rows += example_rows(name, "test", method, layer, prompts, test, predictions, ok)
+        result["seconds"] = round(time.perf_counter() - started, 2)
     rechecked = {method: p.rechecked.summary() for method, p in found.items() if p.rechecked is not None}
     if rechecked:
         result["close_calls"] = {"margin": config.recheck_margin, **rechecked}

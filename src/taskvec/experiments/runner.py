@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import resource
 import sys
@@ -28,9 +29,11 @@ from taskvec.experiments.outdir import (
     task_result_path,
     write_run_config,
 )
+from taskvec.experiments.task_agnostic import add_task_agnostic, save_task_vectors, vectors_path
 from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
+from taskvec.report.methods import mean_aie, top_heads
 from taskvec.runtime import make_executor
 from taskvec.stats import summarize
 from taskvec.tasks.preparation import PreparedTask, prepare_task
@@ -95,6 +98,9 @@ def run_main(
             write_run_config(out, config.to_dict())
         runs = make_executor(lm, executor, recheck_margin=config.recheck_margin)  # batch size: per task, below
         task_results = _evaluate_all(runs, prepared, config, out, progress)
+        if config.compares and len(prepared) > 1:
+            with stage("task_agnostic"):
+                add_task_agnostic(runs, prepared, config, out, task_results)
         results = _results(lm, config, task_results, started, work)
         write_jsonl_atomic(out / "predictions.jsonl", (r for t in task_results.values() for r in t["predictions"]))
         write_json_atomic(out / "results.json", results)
@@ -117,14 +123,21 @@ def _evaluate_all(
         if saved is not None:
             logger.info("task %s: already done, resuming from %s", p.name, done_file)
         else:
+            vectors: dict = {}
             result, rows = backoff.run(
-                lambda size, p=p: evaluate_task(
-                    lm, p, replace(config, batch_size=size), executor=executor.with_batch_size(size)
+                lambda size, p=p, vectors=vectors: evaluate_task(
+                    lm,
+                    p,
+                    replace(config, batch_size=size),
+                    executor=executor.with_batch_size(size),
+                    vectors_out=vectors,
                 ),
                 p.name,
                 lm,
             )
             saved = {"result": result, "predictions": rows}
+            if config.compares:  # first, so that a finished task always has its vectors
+                save_task_vectors(vectors_path(done_file), vectors, p.name)
             write_json_atomic(done_file, saved)
             logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
                         result["regular"]["accuracy"], result["hypothesis"]["accuracy"], result["best_layer"],
@@ -139,7 +152,7 @@ def _results(
     lm: LoadedModel, config: MainConfig, saved_by_task: dict[str, dict], started: float, work: Accounting
 ) -> dict:
     task_results = {name: saved["result"] for name, saved in saved_by_task.items()}
-    return {
+    results = {
         "taskvec_version": versions()["taskvec"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": config.seed,
@@ -154,6 +167,13 @@ def _results(
             "stages": {name: _rounded(asdict(w)) for name, w in work.stages.items()},
         },
     }
+    aie = mean_aie(results)
+    if aie is not None:
+        results["head_attribution"] = {
+            "mean_aie": [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in aie],
+            "top_heads": [{"layer": li, "head": j, "mean_aie": v} for li, j, v in top_heads(aie, 10)],
+        }
+    return results
 
 
 def _rounded(work: dict) -> dict:

@@ -71,17 +71,28 @@ class FunctionVector:
 @torch.no_grad()
 def head_contributions(lm: LoadedModel, means: MeanHeadOutputs, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Each head's mean output in residual-stream space (len(heads), H), post-attention norms folded in."""
+    values = torch.stack([means.means[li, j] for li, j in heads])[None]
+    return project_heads(lm, values, heads, means.attention_rms)[0]
+
+
+@torch.no_grad()
+def project_heads(
+    lm: LoadedModel, values: torch.Tensor, heads: Sequence[tuple[int, int]], attention_rms: torch.Tensor
+) -> torch.Tensor:
+    """Head outputs ``values`` (S, len(heads), head_dim) in residual-stream space (S, len(heads), H): each
+    through its head's block of the output projection, then the post-attention norm frozen at
+    ``attention_rms[layer]`` (the layer's typical attention-output rms on clean prompts) where there is one."""
     sites = head_sites(lm)
-    rows = []
-    for li, j in heads:
+    columns = []
+    for c, (li, j) in enumerate(heads):
         site = sites[li]
         weight = site.head_weight(j).float()  # (head_dim, H)
-        term = means.means[li, j].to(weight.device) @ weight
+        term = values[:, c].float().to(weight.device) @ weight
         if site.post_norm is not None:
             check_rms_type(site.post_norm, term.shape[-1], li)
-            term = frozen_norm(site.post_norm, term.to(_device(site.post_norm)), means.attention_rms[li])
-        rows.append(term.float().cpu())
-    return torch.stack(rows)
+            term = frozen_norm(site.post_norm, term.to(_device(site.post_norm)), attention_rms[li])
+        columns.append(term.float().cpu())
+    return torch.stack(columns, dim=1)
 
 
 def _device(module: torch.nn.Module) -> torch.device:

@@ -74,7 +74,7 @@ def patched_gold_probabilities(
     for group in chunks(len(rows), group_size):
         batch = collate(lm, rows[group])
         cache = prefix_cache(lm, batch)
-        base, states, arity = _unpatched(lm, batch, cache, gold[group])
+        base, states, arity = unpatched_last_token(lm, batch, cache, gold[group])
         out[group, 0] = base
         per_forward = max(1, max_rows // len(batch))
         for part in chunks(len(order), per_forward):
@@ -86,7 +86,7 @@ def patched_gold_probabilities(
     return out
 
 
-def _unpatched(lm: LoadedModel, batch: Batch, cache, gold: torch.Tensor):
+def unpatched_last_token(lm: LoadedModel, batch: Batch, cache, gold: torch.Tensor):
     """p(gold) of each row's last token, its block outputs there (n, L, H), and how blocks return (arity)."""
     arity: list[int | None] = []
     handle = lm.adapter.layers[0].register_forward_hook(

@@ -8,29 +8,40 @@ vector at its own block.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from taskvec.core.decoding import decode_predictions
+from taskvec.core.sites import replacements
+from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
-from taskvec.engine.forward import check_layers, next_token_logits
+from taskvec.engine.forward import check_layers
+from taskvec.engine.hooks import skip_blocks
+from taskvec.engine.interventions import intervene
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.engine.validation import check_queries
+from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution
 from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
 from taskvec.heads.hooks import add_to_block_output
-from taskvec.heads.last_token import DEFAULT_MAX_ROWS, prefix_cache
+from taskvec.heads.last_token import DEFAULT_MAX_ROWS, prefix_cache, unpatched_last_token
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
+#: Whether skipping the lower blocks gives this model's exact tokens (checked once per model).
+_SKIP_VERIFIED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
 DEFAULT_KS = (1, 2, 5, 10)
-DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 
 
 @torch.no_grad()
@@ -40,25 +51,36 @@ def added_vector_token_ids(
     variants: Sequence[tuple[int, torch.Tensor]],
     *,
     max_rows: int = DEFAULT_MAX_ROWS,
+    skip_lower: bool = True,
 ) -> torch.Tensor:
     """Greedy next token (len(variants), P) of each prompt with ``vector`` added to block ``layer``'s output
-    at the last position, for each ``(layer, vector)`` of ``variants``; cached prefix per prompt group."""
+    at the last position, for each ``(layer, vector)`` of ``variants``; cached prefix per prompt group.
+    ``skip_lower``: a forward runs only the blocks from its lowest layer up, the blocks below giving their
+    unpatched outputs (checked once per model against full forwards, as head attribution does)."""
     rows = encode(lm, prompts)
     if min(len(r) for r in rows) < 2:
         raise TaskvecError("every prompt needs at least two tokens for the cached last-token forward")
     out = torch.empty(len(variants), len(rows), dtype=torch.long)
+    order = sorted(range(len(variants)), key=lambda v: variants[v][0])  # by layer: forwards skip more
     group_size = max(1, min(len(rows), max_rows // 2))
     for group in chunks(len(rows), group_size):
         batch = collate(lm, rows[group])
         cache = prefix_cache(lm, batch)
+        _, states, arity = unpatched_last_token(lm, batch, cache, torch.zeros(len(batch), dtype=torch.long))
         per_forward = max(1, max_rows // len(batch))
-        for part in chunks(len(variants), per_forward):
-            out[part, group] = _last_token_ids(lm, batch, cache, variants[part]).T
+        for part in chunks(len(order), per_forward):
+            picked = order[part]
+            chosen = [variants[v] for v in picked]
+            skip = skip_lower and _skip_ok(lm, batch, cache, chosen, states, arity)
+            out[torch.tensor(picked)[:, None], torch.arange(len(rows))[group][None, :]] = _last_token_ids(
+                lm, batch, cache, chosen, states if skip else None, arity
+            ).T
     return out
 
 
-def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen) -> torch.Tensor:
-    """(n, k) next token of each prompt under each chosen (layer, vector), prompt-major rows."""
+def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen, states, arity) -> torch.Tensor:
+    """(n, k) next token of each prompt under each chosen (layer, vector), prompt-major rows. With ``states``
+    (n, L, H), the blocks below the lowest chosen layer are skipped (their outputs restored from ``states``)."""
     n, k = len(batch), len(chosen)
     step, own = last_token_rows(batch, cache, k)
     hidden = chosen[0][1].shape[-1]
@@ -66,9 +88,31 @@ def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen) -> torch.Tenso
     for c, (layer, vector) in enumerate(chosen):
         rows = torch.arange(n) * k + c
         additions.setdefault(layer, torch.zeros(n * k, hidden))[rows] = vector.float()
-    with add_to_block_output(lm.adapter.layers, additions):
-        logits = next_token_logits(lm, step, cache=own)
-    return logits.argmax(-1).view(n, k)
+    low = min(layer for layer, _ in chosen)
+    skipped, restored = contextlib.nullcontext(), contextlib.nullcontext()
+    if states is not None and low > 0:
+        skipped = skip_blocks(lm.adapter.layers, low - 1, arity)
+        kept = states[:, low - 1].repeat_interleave(k, dim=0)
+        restored = intervene(lm.adapter.layers, replacements([low - 1] * (n * k), kept))
+    with skipped, restored, add_to_block_output(lm.adapter.layers, additions):
+        out = lm.adapter.base_model(**step.model_inputs(), **lm.adapter.cache_inputs(own))
+    record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - (low if states is not None else 0),
+           logit_rows=n * k)  # fmt: skip
+    return argmax_over_vocab(lm.adapter.unembedding, out.last_hidden_state[:, -1]).view(n, k)
+
+
+def _skip_ok(lm: LoadedModel, batch: Batch, cache, chosen, states, arity) -> bool:
+    """Whether skipping lower blocks gives the full forwards' tokens on this model (checked once)."""
+    if lm.model in _SKIP_VERIFIED:
+        return _SKIP_VERIFIED[lm.model]
+    if min(layer for layer, _ in chosen) == 0:
+        return False  # nothing to skip here: check on a later chunk
+    ok = torch.equal(_last_token_ids(lm, batch, cache, chosen, None, arity),
+                     _last_token_ids(lm, batch, cache, chosen, states, arity))  # fmt: skip
+    _SKIP_VERIFIED[lm.model] = ok
+    if not ok:
+        logger.warning("skipping unchanged lower blocks changes this model's predictions: using full forwards")
+    return ok
 
 
 def select_function_vector(
@@ -83,22 +127,26 @@ def select_function_vector(
     scales: Sequence[float] = DEFAULT_SCALES,
     aie: torch.Tensor | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
+    scorer: Callable[[Sequence[str]], float] | None = None,
 ) -> FunctionVector:
     """The function vector whose (layer, k, scale) has the best dev accuracy; ties go to the first in
-    (layer, k, scale) order, lowest first. All scores are kept in ``selection``."""
+    (layer, k, scale) order, lowest first. All scores are kept in ``selection``. ``scorer``: the dev accuracy
+    of a list of predictions (default: exact match with ``dev_answers``; a task passes its own rule)."""
     dev_queries = check_queries(dev_queries)
     if len(dev_answers) != len(dev_queries):
         raise TaskvecError(f"got {len(dev_queries)} dev queries but {len(dev_answers)} answers; expected one "
                            "answer per query")  # fmt: skip
     layers = check_layers(lm, range(lm.num_layers) if layers is None else layers)
-    ks, scales = sorted({int(k) for k in ks}), sorted({float(s) for s in scales})
+    n_heads = int((~torch.isnan(attribution.aie if aie is None else aie)).sum())
+    ks, scales = sorted({min(int(k), n_heads) for k in ks}), sorted({float(s) for s in scales})
     if not layers or not ks or not scales:
         raise TaskvecError(f"layers={layers}, ks={ks}, scales={scales}; expected at least one value each")
     fvs = {k: function_vector(lm, attribution, k, template, aie=aie) for k in ks}
     grid = [(layer, k, s) for layer in layers for k in ks for s in scales]
     prompts = [template.query_prompt(q) for q in dev_queries]
     ids = added_vector_token_ids(lm, prompts, [(layer, s * fvs[k].vector) for layer, k, s in grid], max_rows=max_rows)
-    scores = [accuracy(decode_predictions(lm, row), dev_answers) for row in ids]
+    score = scorer or (lambda predictions: accuracy(predictions, dev_answers))
+    scores = [score(decode_predictions(lm, row)) for row in ids]
     best = max(range(len(grid)), key=lambda i: (scores[i], -i))
     layer, k, scale = grid[best]
     logger.info("function vector chosen on %d dev queries: layer %d, k %d, scale %g (dev accuracy %.3f)",

@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from taskvec.report import methods as method_report
 from taskvec.report import plots as plotting
 from taskvec.report.plots import accuracy, num, ordered_tasks
 from taskvec.report.results_io import write_text_atomic as atomic_write
@@ -24,6 +25,8 @@ PLOT_TITLES = {
     "mean_by_layer": "Mean dev accuracy by layer",
     "per_task_by_layer": "Dev accuracy by layer, per task",
     "overlay": "Mean dev accuracy by fraction of depth, per model",
+    "method_curves": "Mean dev accuracy by layer, per method",
+    "aie_heatmap": "Head attribution: mean AIE over tasks (layer x head)",
 }
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1500px;color:#222;
@@ -169,6 +172,13 @@ def markdown_report(results: dict[str, Any]) -> str:
     lines += ["## Means by category", "", *_md_table(cat_header, cat_rows), ""]
     lines += ["TV/ICL = mean task-vector accuracy / mean regular ICL accuracy.", ""]
     lines += ["## Task-vector failures", "", _failure_note(results), ""]
+    if method_report.compares(results):
+        lines += ["## Methods compared", "", method_report.NOTE, ""]
+        for title, header, rows in method_report.method_tables(results):
+            lines += [f"### {title}", "", *_md_table(header, rows), ""]
+        top = method_report.heads_lines(results)
+        if top:
+            lines += ["### Top heads (mean AIE over tasks)", "", ", ".join(top), ""]
     lines += ["Plots (accuracy by layer, per-task bars) are in report.html.", ""]
     return "\n".join(lines)
 
@@ -216,18 +226,30 @@ def html_report(results: dict[str, Any], plots: dict[str, bytes]) -> str:
     body += ["<h2>Per task</h2>", _html_table(task_header, task_rows, 3, failing)]
     body += ["<h2>Means by category</h2>", _html_table(cat_header, cat_rows, 1)]
     body += ["<p>TV/ICL = mean task-vector accuracy / mean regular ICL accuracy.</p>"]
-    body += ["<h2>Task-vector failures</h2>", f"<p>{e(_failure_note(results))}</p>", "<h2>Plots</h2>"]
+    body += ["<h2>Task-vector failures</h2>", f"<p>{e(_failure_note(results))}</p>"]
+    if method_report.compares(results):
+        body += ["<h2>Methods compared</h2>", f"<p>{e(method_report.NOTE)}</p>"]
+        for table_title, header, rows in method_report.method_tables(results):
+            body += [f"<h3>{e(table_title)}</h3>", _html_table(header, rows, 1)]
+        top = method_report.heads_lines(results)
+        if top:
+            body += ["<h3>Top heads (mean AIE over tasks)</h3>", f"<p>{e(', '.join(top))}</p>"]
+    body += ["<h2>Plots</h2>"]
     body += html_figures(plots)
     return html_page(title, body)
 
 
 def build_plots(results: dict[str, Any]) -> dict[str, bytes]:
     """All plots of one run, keyed as in :data:`PLOT_TITLES`."""
-    return {
+    plots = {
         "bars": plotting.bars_per_task(results),
         "mean_by_layer": plotting.accuracy_by_layer_mean(results),
         "per_task_by_layer": plotting.accuracy_by_layer_per_task(results),
     }
+    if method_report.compares(results):
+        plots["method_curves"] = method_report.method_layer_curves(results)
+        plots["aie_heatmap"] = method_report.aie_heatmap(results)
+    return plots
 
 
 def write_report(out_dir: str | os.PathLike[str], results: dict[str, Any]) -> dict[str, Path]:

@@ -1,0 +1,180 @@
+"""Function vectors and the controls of ``../docs/function-vectors.md`` beside the task vector, for one task.
+
+``taskvec run --methods tv,fv`` adds to each task's evaluation (:func:`taskvec.experiments.main_experiment.
+evaluate_task`):
+
+- head attribution on the dev sets (clean: their ICL prompts; corrupted: the same with labels shuffled), and
+  the function vector's layer, k and scale chosen on the dev queries (the task's own scoring rule);
+- on the test sets: the function vector added to the bare queries; a random vector of each method's norm
+  applied the same way; shuffled-label ICL alone and with each method's vector; every one scored on all items
+  and on the items regular ICL gets right, with the fraction of ICL recovered.
+
+The task-agnostic control (each method's vector averaged over the *other* tasks) needs every task: the runner
+computes it at the end (:mod:`taskvec.experiments.task_agnostic`) from the vectors each task saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from taskvec.core.decoding import decode_predictions
+from taskvec.core.interfaces import Executor
+from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod
+from taskvec.engine.accounting import stage
+from taskvec.heads.attribution import HeadAttribution, head_attribution
+from taskvec.heads.examples import IclExample, shuffle_labels
+from taskvec.heads.function_vector import FunctionVector, random_like
+from taskvec.heads.selection import DEFAULT_KS, DEFAULT_SCALES, select_function_vector
+from taskvec.stats import accuracy_entry
+from taskvec.tasks.preparation import PreparedTask
+from taskvec.tasks.sampling import EvalSet
+from taskvec.tasks.scoring import is_correct
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FvSettings:
+    """How a task's function vector is found: corrupted prompts for the attribution, and the dev grid."""
+
+    n_corrupted: int = 25
+    ks: tuple[int, ...] = DEFAULT_KS
+    scales: tuple[float, ...] = DEFAULT_SCALES
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ks"], d["scales"] = list(self.ks), list(self.scales)
+        return d
+
+
+@dataclass
+class TaskFunctionVector:
+    """A task's function vector, the attribution it came from, and the method that applies it."""
+
+    fv: FunctionVector
+    attribution: HeadAttribution
+    method: FunctionVectorMethod
+    dev_accuracy_by_layer: list[float]  # at the chosen k and scale
+
+    def to_dict(self) -> dict:
+        return {**self.fv.to_dict(), "dev_accuracy_by_layer": self.dev_accuracy_by_layer,
+                "attribution": self.attribution.to_dict()}  # fmt: skip
+
+
+def icl_examples(sets: Sequence[EvalSet]) -> list[IclExample]:
+    return [IclExample(tuple(s.demo_tuples), s.query.input, s.query.output) for s in sets]
+
+
+def shuffled(examples: Sequence[IclExample], rng: random.Random) -> list[IclExample]:
+    """Each example with its demonstrations' outputs permuted among them; one whose outputs are all equal
+    (nothing to shuffle) is kept as it is."""
+    out = []
+    for e in examples:
+        outputs = {y for _, y in e.demonstrations}
+        out.append(shuffle_labels(e, rng) if len(outputs) > 1 else e)
+    return out
+
+
+def scorer(prepared: PreparedTask, sets: Sequence[EvalSet]):
+    """Accuracy of predictions for ``sets``' queries under the task's scoring rule."""
+
+    def score(predictions: Sequence[str]) -> float:
+        ok = [is_correct(p, s.query, prepared.task.scoring) for p, s in zip(predictions, sets)]
+        return sum(ok) / max(1, len(ok))
+
+    return score
+
+
+def choose_function_vector(
+    executor: Executor, prepared: PreparedTask, dev: Sequence[EvalSet], settings: FvSettings, rng: random.Random
+) -> TaskFunctionVector:
+    """Attribution on the dev sets' ICL prompts, then the (layer, k, scale) with the best dev accuracy."""
+    lm, template = executor.lm, prepared.template
+    clean = icl_examples(dev)
+    with stage("fv_attribution"):
+        corrupted = shuffled(clean[: settings.n_corrupted], rng)
+        attribution = head_attribution(lm, clean, corrupted, template, batch_size=executor.batch_size)
+    with stage("fv_selection"):
+        fv = select_function_vector(lm, attribution, template, [s.query.input for s in dev],
+                                    [s.query.output for s in dev], ks=settings.ks, scales=settings.scales,
+                                    scorer=scorer(prepared, dev))  # fmt: skip
+    grid = fv.selection["grid"]
+    by_layer = [g["dev_accuracy"] for g in grid if g["k"] == fv.k and g["scale"] == fv.scale]
+    method = FunctionVectorMethod(fv.heads, attribution.mean_outputs.attention_rms, fv.scale)
+    return TaskFunctionVector(fv, attribution, method, by_layer)
+
+
+def method_entry(correct: Sequence[bool], icl_correct: Sequence[bool], icl_accuracy: float) -> dict:
+    """Accuracy on all items and on the ICL-correct items, and the fraction of ICL recovered."""
+    entry = accuracy_entry(correct)
+    entry["icl_correct"] = accuracy_entry([c for c, i in zip(correct, icl_correct) if i])
+    entry["recovered"] = entry["accuracy"] / icl_accuracy if icl_accuracy else None
+    return entry
+
+
+def random_same_norm(vectors: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random directions (seeded) with the norms of the rows of ``vectors`` (N, H)."""
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.randn(vectors.shape, generator=gen)
+    return directions * (vectors.norm(dim=-1, keepdim=True) / directions.norm(dim=-1, keepdim=True))
+
+
+def compare_methods(
+    executor: Executor,
+    prepared: PreparedTask,
+    test: Sequence[EvalSet],
+    best_layer: int,
+    thetas: torch.Tensor,
+    outcomes: dict[str, list[bool]],
+    task_fv: TaskFunctionVector | None,
+    rng: random.Random,
+) -> tuple[dict, dict, list[tuple[str, int | None, list[str], list[str], list[bool]]]]:
+    """The methods and controls on the test sets: ({method: entry}, {control: entry}, per-example batches).
+
+    ``thetas`` (len(test), H): each test set's task vector at ``best_layer``; ``outcomes``: correctness of
+    "regular" (ICL) and "hypothesis" (task vector) per test item, already computed by the main protocol.
+    A batch of rows is (method, layer, prompts, predictions, correct).
+    """
+    lm, template, scoring = executor.lm, prepared.template, prepared.task.scoring
+    queries = [template.query_prompt(s.query.input) for s in test]
+    shuffled_prompts = [template.icl_prompt(e.demonstrations, e.query)
+                        for e in shuffled(icl_examples(test), rng)]  # fmt: skip
+    icl_ok = outcomes["regular"]
+    icl_accuracy = sum(icl_ok) / len(icl_ok)
+    batches: list = []
+
+    def run(name: str, prompts: list[str], edits, layer: int | None, short: bool) -> dict:
+        ids = executor.predict(prompts, edits, short=short).ids
+        predictions = decode_predictions(lm, ids)
+        ok = [is_correct(p, s.query, scoring) for p, s in zip(predictions, test)]
+        batches.append((name, layer, prompts, predictions, ok))
+        return method_entry(ok, icl_ok, icl_accuracy)
+
+    methods = {"task_vector": method_entry(outcomes["hypothesis"], icl_ok, icl_accuracy)}
+    controls: dict[str, dict] = {}
+    with stage("controls"):
+        controls["shuffled_icl"] = run("shuffled_icl", shuffled_prompts, None, None, False)
+        tv_edits = [TASK_VECTOR.edit(best_layer, v) for v in thetas]
+        controls["shuffled_icl+task_vector"] = run("shuffled_icl+task_vector", shuffled_prompts, tv_edits,
+                                                   best_layer, False)  # fmt: skip
+        random_thetas = random_same_norm(thetas, rng.randrange(2**31))
+        controls["task_vector_random"] = run("task_vector_random", queries,
+                                             [TASK_VECTOR.edit(best_layer, v) for v in random_thetas], best_layer,
+                                             True)  # fmt: skip
+    if task_fv is not None:
+        fv, method, layer = task_fv.fv, task_fv.method, task_fv.fv.layer
+        fv_edits = [method.edit(layer, fv.vector)] * len(test)
+        with stage("test_fv"):
+            methods["function_vector"] = run("function_vector", queries, fv_edits, layer, True)
+        with stage("controls"):
+            noise = random_like(fv, seed=rng.randrange(2**31)).vector
+            controls["function_vector_random"] = run("function_vector_random", queries,
+                                                     [method.edit(layer, noise)] * len(test), layer, True)  # fmt: skip
+            controls["shuffled_icl+function_vector"] = run("shuffled_icl+function_vector", shuffled_prompts,
+                                                           fv_edits, layer, False)  # fmt: skip
+    return methods, controls, batches
