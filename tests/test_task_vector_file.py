@@ -55,7 +55,8 @@ def test_roundtrip_is_bit_exact_and_records_the_model(llama, tv, tmp_path):
     assert meta["dummy_queries"] == ["i", "k"] and len(meta["demonstrations_sha256"]) == 64
     _, header, _ = _header(path)
     stored = json.loads(header["__metadata__"]["taskvec"])
-    assert stored["format_version"] == FORMAT_VERSION == 2
+    assert stored["format_version"] == FORMAT_VERSION == 3
+    assert (stored["method"], stored["operation"]) == ("task_vector", "replace")
     assert stored["vectors_sha256"] == vectors_sha256(tv.vectors)
     assert (stored["num_layers"], stored["hidden_size"], stored["dtype"]) == (3, 32, "float32")
 
@@ -93,10 +94,36 @@ def test_newer_format_version_is_refused(tv, tmp_path):
     tv.save(path)
     size, header, raw = _header(path)
     meta = json.loads(header["__metadata__"]["taskvec"])
-    meta["format_version"] = 3
+    meta["format_version"] = 4
     header["__metadata__"]["taskvec"] = json.dumps(meta)
     _rewrite(path, header, raw[8 + size :])
-    with pytest.raises(TaskVectorFileError, match="format version 3"):
+    with pytest.raises(TaskVectorFileError, match="format version 4"):
+        taskvec.TaskVector.load(path)
+
+
+def test_version_2_file_loads_as_a_replacing_task_vector(llama, tv, tmp_path):
+    path = tmp_path / "v2.safetensors"
+    tv.save(path)
+    size, header, raw = _header(path)
+    meta = json.loads(header["__metadata__"]["taskvec"])
+    del meta["method"], meta["operation"]
+    meta["format_version"] = 2
+    header["__metadata__"]["taskvec"] = json.dumps(meta)
+    _rewrite(path, header, raw[8 + size :])
+    loaded = taskvec.TaskVector.load(path)
+    assert (loaded.method, loaded.operation) == ("task_vector", "replace")
+    assert loaded.apply(llama, ["x"]) == tv.apply(llama, ["x"])
+
+
+def test_method_and_operation_must_agree(tv, tmp_path):
+    path = tmp_path / "tv.safetensors"
+    tv.save(path)
+    size, header, raw = _header(path)
+    meta = json.loads(header["__metadata__"]["taskvec"])
+    meta["operation"] = "add"  # a task vector is never added
+    header["__metadata__"]["taskvec"] = json.dumps(meta)
+    _rewrite(path, header, raw[8 + size :])
+    with pytest.raises(TaskVectorFileError, match="method 'task_vector' with operation 'add'"):
         taskvec.TaskVector.load(path)
 
 

@@ -80,9 +80,16 @@ def test_margins_of_argmax_over_vocab(rows):
     assert bool((margin[~close] >= MARGIN_RESOLUTION - 1e-4).all())
 
 
-def test_used_by_argmax_over_vocab_only_where_it_applies():
+def test_used_by_argmax_over_vocab_only_where_it_applies(monkeypatch):
+    from taskvec.engine import vocab_argmax
+
     unembedding = nn.Linear(32, 700, bias=False)
     hidden = torch.randn(16, 32)
+    assert isinstance(vocab_argmax.bf16_products_fast(), bool)  # measured on this CPU, once
+    monkeypatch.setattr(vocab_argmax, "bf16_products_fast", lambda: False)  # a CPU without bf16 matrix units
+    assert not shortlist_applies(unembedding, hidden)
+    assert torch.equal(argmax_over_vocab(unembedding.float(), hidden, 128), plain_scan(unembedding.weight, hidden, 128))
+    monkeypatch.setattr(vocab_argmax, "bf16_products_fast", lambda: True)
     assert shortlist_applies(unembedding, hidden)
     assert shortlist_applies(unembedding, hidden[:1])  # it halves the memory read even for one row
     assert not shortlist_applies(nn.Linear(32, 700, bias=True), hidden)

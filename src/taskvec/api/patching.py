@@ -1,4 +1,5 @@
-"""Applying a task vector to queries: theta replaces block L's output at the bare query's last token."""
+"""Applying a vector file to queries: a task vector (theta) replaces block L's output at the bare query's last
+token; a function vector is added there (the file's ``operation``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from taskvec.api.compat import VectorsWithMetadata, check_compatible
 from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR
-from taskvec.core.sites import Edit
+from taskvec.core.sites import Add, Edit, Site
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
@@ -49,7 +50,10 @@ def patch_inputs(
     (chosen,) = check_layers(lm, [chosen])
     template = template or template_of(task_vector)
     prompts = [template.query_prompt(q) for q in queries]
-    return prompts, [TASK_VECTOR.edit(chosen, task_vector.at(chosen))] * len(prompts)
+    vector = task_vector.at(chosen)
+    operation = getattr(task_vector, "operation", "replace")
+    edit = Add(Site(chosen), vector) if operation == "add" else TASK_VECTOR.edit(chosen, vector)
+    return prompts, [edit] * len(prompts)
 
 
 def apply_task_vector(

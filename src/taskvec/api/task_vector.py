@@ -1,6 +1,12 @@
 """The TaskVector object and its safetensors file format (tensors + JSON metadata).
 
-Format version 2 (written now): one float32 tensor ``vectors`` (num_layers, hidden) and, under the
+Format version 3 (written now) is version 2 plus ``method`` (``task_vector`` or ``function_vector``) and
+``operation`` (``replace``: the vector replaces block L's output at the last token; ``add``: it is added
+there); a function vector's file also records its heads, k and scale, and stores the applied vector
+(scale included) at every layer (it does not depend on the layer). Version 1 and 2 files load as task vectors
+(``replace``).
+
+Format version 2: one float32 tensor ``vectors`` (num_layers, hidden) and, under the
 safetensors metadata key ``taskvec``, a JSON object with the descriptive metadata (model id, weights
 sha256 or revision, architecture, template, prompt prefix ids, demonstrations, dummy queries, dev
 accuracy, taskvec version...) plus what :meth:`TaskVector.load` verifies: ``format_version``, ``layer``,
@@ -25,12 +31,15 @@ from taskvec.errors import TaskvecError, TaskVectorFileError
 from taskvec.io.vector_files import write_tensors
 
 _KEY = "taskvec"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: Keys written by ``save`` and checked (then dropped) by ``load``: not part of ``metadata``.
 _FILE_KEYS = ("format_version", "layer", "num_layers", "hidden_size", "dtype", "vectors_sha256")
+#: How each method's vector is applied (what ``operation`` may say).
+OPERATIONS = {"task_vector": "replace", "function_vector": "add"}
 #: Metadata keys that say which model a vector belongs to; vectors mixed by ``mean`` must agree on them.
 MODEL_KEYS = ("model_id", "model_source", "architecture", "template", "prefix_ids")
-_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version")
+_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version", "method", "operation")
 
 
 def vectors_sha256(vectors: torch.Tensor) -> str:
@@ -54,6 +63,16 @@ class TaskVector:
     vectors: torch.Tensor  # (num_layers, hidden), float32
     layer: int | None = None
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """``task_vector`` (the default, and every file before format 3) or ``function_vector``."""
+        return str(self.metadata.get("method", "task_vector"))
+
+    @property
+    def operation(self) -> str:
+        """``replace`` (task vectors) or ``add`` (function vectors): how the vector is applied at its layer."""
+        return str(self.metadata.get("operation", OPERATIONS.get(self.method, "replace")))
 
     @property
     def num_layers(self) -> int:
@@ -99,6 +118,8 @@ class TaskVector:
                     f"cannot average task vectors of shapes {tuple(first.vectors.shape)} and "
                     f"{tuple(other.vectors.shape)} (vector {i}): (layers, hidden size) differ, so do the models"
                 )
+            if other.method != first.method:
+                raise TaskvecError(f"cannot average a {first.method} and a {other.method} (vector {i})")
             if other.layer != first.layer:
                 raise TaskvecError(
                     f"cannot average task vectors of layers {first.layer} and {other.layer} (vector {i})"
@@ -131,6 +152,8 @@ class TaskVector:
         vectors = self.vectors.detach().contiguous().float().cpu()
         meta = {
             **{k: v for k, v in self.metadata.items() if k not in _FILE_KEYS},
+            "method": self.method,
+            "operation": self.operation,
             "format_version": FORMAT_VERSION,
             "layer": self.layer,
             "num_layers": vectors.shape[0],
@@ -168,10 +191,16 @@ class TaskVector:
         if not isinstance(meta, dict):
             raise TaskVectorFileError(f"{name}: its taskvec metadata is {type(meta).__name__}, expected a JSON object")
         version = meta.get("format_version", 1)
-        if version not in (1, FORMAT_VERSION):
+        if version not in READABLE_VERSIONS:
             raise TaskVectorFileError(
-                f"{name} has task vector format version {version!r}; this taskvec reads versions 1 and "
-                f"{FORMAT_VERSION} (a newer taskvec wrote it?)"
+                f"{name} has task vector format version {version!r}; this taskvec reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (a newer taskvec wrote it?)"
+            )
+        method, operation = meta.get("method", "task_vector"), meta.get("operation", "replace")
+        if OPERATIONS.get(method) != operation:
+            raise TaskVectorFileError(
+                f"{name}: method {method!r} with operation {operation!r}; expected one of "
+                + ", ".join(f"{m} ({o})" for m, o in OPERATIONS.items())
             )
         if vectors.ndim != 2 or 0 in vectors.shape or not vectors.is_floating_point():
             raise TaskVectorFileError(f"{name}: 'vectors' has shape {tuple(vectors.shape)} {vectors.dtype}, "

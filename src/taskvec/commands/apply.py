@@ -11,7 +11,7 @@ from taskvec.commands._common import add_dtype_argument, add_threads_argument
 from taskvec.errors import TaskvecError
 
 NAME = "apply"
-HELP = "answer queries zero-shot with a saved task vector (theta patched in; multi-token greedy decoding)"
+HELP = "answer queries zero-shot with a saved task vector (patched in) or function vector (added); greedy decoding"
 ORDER = 4
 
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     queries.add_argument("--queries", help="file of queries: one per line (.txt) or a JSON list of strings")
     parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens to decode at most (1..256)")
     parser.add_argument("--layer", type=int, default=None, help="patch at this layer instead of the stored one")
-    parser.add_argument("--alpha", type=float, default=1.0, help="scale theta by this factor")
+    parser.add_argument("--alpha", type=float, default=1.0, help="scale the stored vector by this factor")
     parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     add_dtype_argument(parser)
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size)
     layer = tv.layer if args.layer is None else args.layer
     if args.json:
-        print(json.dumps({"task_vector": args.task_vector, "model": model, "task": tv.metadata.get("task"),
+        print(json.dumps({"task_vector": args.task_vector, "method": tv.method, "operation": tv.operation,
+                          "model": model, "task": tv.metadata.get("task"),
                           "layer": layer, "alpha": args.alpha, "max_new_tokens": args.max_new_tokens,
                           "results": [{"query": q, "answer": a} for q, a in zip(queries, answers)]},
                          ensure_ascii=False, indent=2))  # fmt: skip

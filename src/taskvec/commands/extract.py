@@ -9,7 +9,7 @@ from taskvec.commands._common import add_dtype_argument, add_model_argument, add
 from taskvec.errors import TaskvecError
 
 NAME = "extract"
-HELP = "extract a task vector from a task's demonstrations and save it (layer chosen on held-out pairs)"
+HELP = "extract a task vector (or --method fv: a function vector) from a task's demonstrations and save it"
 ORDER = 3
 
 
@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries per set")
     parser.add_argument("--n-dev", type=int, default=20, help="held-out pairs scored to choose the layer (at most)")
     parser.add_argument("--seed", type=int, default=0, help="which demonstrations and dummy queries are drawn")
+    parser.add_argument("--method", default="tv", choices=("tv", "fv", "task_vector", "function_vector"),
+                        help="tv: the task vector (replaces block L's output); fv: a function vector (head "
+                             "attribution, then the top heads' outputs summed and added at block L)")  # fmt: skip
+    parser.add_argument("--fv-prompts", type=int, default=25,
+                        help="with fv: clean and shuffled-label prompts for the head attribution")  # fmt: skip
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
@@ -43,13 +48,16 @@ def run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
+    from taskvec.core.methods import ALIASES
     from taskvec.experiments.extract import ExtractConfig, extract_for_task
     from taskvec.models.loading import check_model_spec, load_model
     from taskvec.tasks.registry import builtin_task, load_task_file
 
-    require_positive(args, "n_sets", "shots", "n_dummy", "n_dev")
+    require_positive(args, "n_sets", "shots", "n_dummy", "n_dev", "fv_prompts")
+    method = ALIASES.get(args.method, args.method)
     config = ExtractConfig(shots=args.shots, n_sets=args.n_sets, n_dummy=args.n_dummy, n_dev=args.n_dev,
-                           layer=parse_layer(args.layer), seed=args.seed)  # fmt: skip
+                           layer=parse_layer(args.layer), seed=args.seed, method=method,
+                           fv_prompts=args.fv_prompts)  # fmt: skip
     out = Path(args.output)
     if not out.parent.is_dir():
         raise TaskvecError(f"output directory {str(out.parent)!r} of -o {args.output!r} does not exist")
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace) -> None:
         tv = extract_for_task(lm, task, config, progress=lambda done: bar.update(done - bar.n))
     tv.save(out)
     meta = tv.metadata
+    made = (f"{config.n_sets} set(s) of {config.shots} demonstrations" if method == "task_vector" else
+            f"function vector of {meta['k']} heads, scale {meta['scale']:g}, added")  # fmt: skip
     print(f"task {task.name} on {args.model}: layer {tv.layer} of {lm.num_layers} ({meta['layer_selection']}), "
           f"dev accuracy {meta['dev_accuracy']:.2f} on {len(meta['dev_inputs'])} held-out pairs, "
-          f"{config.n_sets} set(s) of {config.shots} demonstrations -> {out}")  # fmt: skip
+          f"{made} -> {out}")  # fmt: skip

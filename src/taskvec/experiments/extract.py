@@ -21,6 +21,7 @@ from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_index
 from taskvec.engine.forward import check_layers
 from taskvec.errors import TaskDataError, TaskvecError
+from taskvec.experiments.extract_fv import extract_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.runtime import make_executor
 from taskvec.tasks.definitions import Task
@@ -38,8 +39,12 @@ class ExtractConfig:
     n_dev: int = 20
     layer: int | None = None  # None: choose by the dev sweep
     seed: int = 0
+    method: str = "task_vector"  # or "function_vector"
+    fv_prompts: int = 25  # function vector: clean and shuffled-label prompts for the head attribution
 
     def __post_init__(self) -> None:
+        if self.method not in ("task_vector", "function_vector"):
+            raise TaskvecError(f"method {self.method!r}; expected task_vector or function_vector")
         for name in ("shots", "n_sets", "n_dummy", "n_dev"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "n_dev" else 1):
@@ -50,17 +55,8 @@ class ExtractConfig:
         return self.shots + self.n_dummy + 1
 
 
-def extract_for_task(
-    lm: LoadedModel,
-    task: Task,
-    config: ExtractConfig,
-    progress: Callable[[int], None] | None = None,
-    *,
-    executor: Executor | None = None,
-) -> TaskVector:
-    """A task vector of ``task`` on ``lm`` with its layer and dev accuracy in the metadata. ``executor`` runs
-    the model (default: the fast one)."""
-    executor = executor or make_executor(lm, "fast")
+def split_pairs(lm: LoadedModel, task: Task, config: ExtractConfig):
+    """The prepared task, the seeded generator, the held-out dev pairs and the pool of the rest."""
     if config.layer is not None:
         check_layers(lm, [config.layer])
     prepared = prepare_task(lm, task)
@@ -75,7 +71,24 @@ def extract_for_task(
     rng = random.Random(f"{config.seed}:{task.name}")
     rng.shuffle(pairs)
     n_dev = max(1, min(config.n_dev, len(pairs) - config.shots - config.n_dummy))
-    dev, pool = pairs[:n_dev], pairs[n_dev:]
+    return prepared, rng, pairs[:n_dev], pairs[n_dev:]
+
+
+def extract_for_task(
+    lm: LoadedModel,
+    task: Task,
+    config: ExtractConfig,
+    progress: Callable[[int], None] | None = None,
+    *,
+    executor: Executor | None = None,
+) -> TaskVector:
+    """A task vector of ``task`` on ``lm`` with its layer and dev accuracy in the metadata. ``executor`` runs
+    the model (default: the fast one)."""
+    executor = executor or make_executor(lm, "fast")
+    prepared, rng, dev, pool = split_pairs(lm, task, config)
+    if config.method == "function_vector":
+        return extract_function_vector(lm, prepared, config, dev, pool, executor)
+    pairs = list(prepared.pairs)
     per_set = config.shots + config.n_dummy
     vectors = []
     for k in range(config.n_sets):

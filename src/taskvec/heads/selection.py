@@ -19,15 +19,13 @@ from torch import nn
 
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.sites import replacements
-from taskvec.engine.accounting import record
 from taskvec.engine.batching import Batch, chunks, collate, encode
-from taskvec.engine.forward import check_layers
+from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.hooks import skip_blocks
 from taskvec.engine.interventions import intervene
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.engine.validation import check_queries
-from taskvec.engine.vocab_argmax import argmax_over_vocab
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution
 from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
@@ -95,10 +93,8 @@ def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen, states, arity)
         kept = states[:, low - 1].repeat_interleave(k, dim=0)
         restored = intervene(lm.adapter.layers, replacements([low - 1] * (n * k), kept))
     with skipped, restored, add_to_block_output(lm.adapter.layers, additions):
-        out = lm.adapter.base_model(**step.model_inputs(), **lm.adapter.cache_inputs(own))
-    record(tokens=n * k, padded_tokens=n * k, blocks=lm.num_layers - (low if states is not None else 0),
-           logit_rows=n * k)  # fmt: skip
-    return argmax_over_vocab(lm.adapter.unembedding, out.last_hidden_state[:, -1]).view(n, k)
+        logits = next_token_logits(lm, step, cache=own)
+    return logits.argmax(-1).view(n, k)
 
 
 def _skip_ok(lm: LoadedModel, batch: Batch, cache, chosen, states, arity) -> bool:

@@ -100,11 +100,16 @@ def top_heads(aie: np.ndarray, k: int = 10) -> list[tuple[int, int, float]]:
     return [(int(i // aie.shape[1]), int(i % aie.shape[1]), float(aie.flat[i])) for i in order]
 
 
-@literal_text
 def aie_heatmap(results: dict[str, Any]) -> bytes:
     aie = mean_aie(results)
     if aie is None:
         return _empty("no head attribution")
+    return heatmap_png(aie, f"{_model_name(results)}: head attribution, mean over tasks")
+
+
+@literal_text
+def heatmap_png(aie: np.ndarray, title: str) -> bytes:
+    """A layer x head heatmap of an AIE table."""
     fig = Figure(figsize=(max(5.0, 0.35 * aie.shape[1] + 2), max(4.0, 0.3 * aie.shape[0] + 1.5)), dpi=DPI,
                  layout="constrained")  # fmt: skip
     ax = fig.subplots()
@@ -112,7 +117,7 @@ def aie_heatmap(results: dict[str, Any]) -> bytes:
     fig.colorbar(image, ax=ax, label="mean AIE (rise in p(gold first token))")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"{_model_name(results)}: head attribution, mean over tasks", fontsize=11)
+    ax.set_title(title, fontsize=11)
     return _png(fig)
 
 

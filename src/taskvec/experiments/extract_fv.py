@@ -1,0 +1,74 @@
+"""``taskvec extract --method fv``: a task's function vector in the task-vector file format (``operation: add``).
+
+Head attribution on ``fv_prompts`` clean ICL prompts drawn from the pool (and as many with shuffled labels),
+then the layer, k and scale with the best accuracy on the held-out dev pairs (``layer`` given: only that
+layer). The file stores ``scale * v`` at every layer (the vector does not depend on the layer it is added
+at), the chosen layer, and in its metadata the heads, k, scale and the dev grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from taskvec.api.compat import model_metadata
+from taskvec.api.task_vector import TaskVector
+from taskvec.core.interfaces import Executor
+from taskvec.experiments.method_comparison import shuffled
+from taskvec.heads.attribution import head_attribution
+from taskvec.heads.examples import sample_icl_examples
+from taskvec.heads.selection import select_function_vector
+from taskvec.models.loading import LoadedModel
+from taskvec.tasks.definitions import Pair
+from taskvec.tasks.preparation import PreparedTask
+from taskvec.tasks.scoring import is_correct
+
+logger = logging.getLogger(__name__)
+
+
+def extract_function_vector(
+    lm: LoadedModel, prepared: PreparedTask, config, dev: Sequence[Pair], pool: Sequence[Pair], executor: Executor
+) -> TaskVector:
+    """The function vector of ``prepared`` (``config``: an :class:`taskvec.experiments.extract.ExtractConfig`)."""
+    task, template = prepared.task, prepared.template
+    tuples = [(p.input, p.output) for p in pool]
+    shots = min(config.shots, len(tuples) - 1)
+    clean = sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed)
+    corrupted = shuffled(sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed + 1),
+                         random.Random(config.seed + 2))  # fmt: skip
+    attribution = head_attribution(lm, clean, corrupted, template, batch_size=executor.batch_size)
+
+    def score(predictions: Sequence[str]) -> float:
+        return sum(is_correct(p, d, task.scoring) for p, d in zip(predictions, dev)) / len(dev)
+
+    layers = None if config.layer is None else [config.layer]
+    fv = select_function_vector(lm, attribution, template, [p.input for p in dev], [p.output for p in dev],
+                                layers=layers, scorer=score)  # fmt: skip
+    applied = (fv.scale * fv.vector)[None, :].expand(lm.num_layers, -1).clone()
+    best = fv.selection["best_dev_accuracy"]
+    metadata = {
+        **model_metadata(lm),
+        "method": "function_vector",
+        "operation": "add",
+        "template": template.to_dict(),
+        "heads": [list(h) for h in fv.heads],
+        "k": fv.k,
+        "scale": fv.scale,
+        "norm_corrected": fv.norm_corrected,
+        "unscaled_norm": float(fv.vector.norm()),
+        "task": task.name,
+        "task_source": task.source,
+        "scoring": task.scoring,
+        "shots": shots,
+        "fv_prompts": config.fv_prompts,
+        "seed": config.seed,
+        "layer_selection": "auto" if config.layer is None else "given",
+        "dev_inputs": [p.input for p in dev],
+        "dev_accuracy": best,
+        "dev_grid": fv.selection["grid"],
+        "n_usable_pairs": len(dev) + len(pool),
+    }
+    logger.info("task %s: function vector of %d heads at layer %d, scale %g, dev accuracy %.2f on %d pairs",
+                task.name, fv.k, fv.layer, fv.scale, best, len(dev))  # fmt: skip
+    return TaskVector(vectors=applied, layer=fv.layer, metadata=metadata)

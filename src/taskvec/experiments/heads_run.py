@@ -1,0 +1,138 @@
+"""``taskvec heads``: head attribution of every task (the AIE table of Todd et al.), resumable.
+
+Per task: ``n_prompts`` clean ICL prompts (``shots`` demonstrations and a query, drawn with one generator per
+task) give every head's mean last-token output; as many prompts with their demonstrations' labels shuffled are
+scored with each head's mean output patched in (:func:`taskvec.heads.attribution.head_attribution`). Each
+task's table is written to ``tasks/<task>.json`` when it is done (a killed run resumes); ``results.json``
+holds every table, their mean over tasks and the top heads; ``report.md``/``report.html`` show the heatmaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from taskvec.experiments.locking import output_dir_lock
+from taskvec.experiments.main_experiment import task_rng
+from taskvec.experiments.method_comparison import shuffled
+from taskvec.experiments.outdir import (
+    check_run_config,
+    load_finished_task,
+    probe_writable,
+    remove_stale_temp_files,
+    task_result_path,
+    write_run_config,
+)
+from taskvec.experiments.runner import model_info, versions
+from taskvec.heads.attribution import head_attribution
+from taskvec.heads.examples import sample_icl_examples
+from taskvec.io.atomic import write_json_atomic
+from taskvec.models.loading import LoadedModel, load_model
+from taskvec.report.heads_report import write_heads_report
+from taskvec.report.methods import top_heads
+from taskvec.tasks.preparation import prepare_task
+from taskvec.tasks.registry import load_tasks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    model: str
+    tasks: tuple[str, ...]
+    task_files: tuple[str, ...] = ()
+    shots: int = 5
+    n_prompts: int = 25
+    seed: int = 41
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"], d["task_files"], d["command"] = list(self.tasks), list(self.task_files), "heads"
+        return d
+
+
+def run_heads(
+    config: HeadsConfig,
+    out_dir: str | Path,
+    lm: LoadedModel | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Head attribution of every task of ``config`` into ``out_dir``; returns the results dictionary."""
+    started = time.perf_counter()
+    tasks = load_tasks(config.tasks, config.task_files)
+    with output_dir_lock(out_dir) as out:
+        probe_writable(out)
+        remove_stale_temp_files(out)
+        resuming = check_run_config(out, config.to_dict())
+        lm = lm or load_model(config.model, dtype=config.dtype)
+        if not resuming:
+            write_run_config(out, config.to_dict())
+        per_task: dict[str, dict] = {}
+        for i, task in enumerate(tasks):
+            if progress:
+                progress(task.name, i, len(tasks))
+            path = task_result_path(out, task.name)
+            saved = load_finished_task(path, task.name)
+            if saved is None:
+                saved = {"result": attribute_task(lm, task, config)}
+                write_json_atomic(path, saved)
+            per_task[task.name] = saved["result"]
+        if progress:
+            progress("", len(tasks), len(tasks))
+        results = heads_results(lm, config, per_task, time.perf_counter() - started)
+        write_json_atomic(out / "results.json", results)
+        write_heads_report(out, results)
+    return results
+
+
+def attribute_task(lm: LoadedModel, task, config: HeadsConfig) -> dict:
+    """One task's AIE table and how it was measured."""
+    started = time.perf_counter()
+    prepared = prepare_task(lm, task)
+    pairs = [(p.input, p.output) for p in prepared.pairs]
+    rng = task_rng(config.seed, task.name)
+    shots = min(config.shots, len(pairs) - 1)
+    clean = sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31))
+    corrupted = shuffled(sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31)),
+                         random.Random(rng.randrange(2**31)))  # fmt: skip
+    attribution = head_attribution(lm, clean, corrupted, prepared.template)
+    table = np.array([[math.nan if v is None else v for v in row] for row in attribution.to_dict()["aie"]])
+    return {
+        "category": task.category,
+        **attribution.to_dict(),
+        "top_heads": [{"layer": li, "head": j, "aie": v} for li, j, v in top_heads(table, 10)],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def heads_results(lm: LoadedModel, config: HeadsConfig, per_task: dict[str, dict], seconds: float) -> dict:
+    tables = [np.array([[math.nan if v is None else v for v in row] for row in t["aie"]]) for t in per_task.values()]
+    mean = np.nanmean(np.stack(tables), axis=0)
+    return {
+        "command": "heads",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "model": model_info(lm),
+        "versions": versions(),
+        "tasks": per_task,
+        "mean_aie": _rows(mean),
+        "top_heads": [{"layer": li, "head": j, "mean_aie": v} for li, j, v in top_heads(mean, 10)],
+        "timing": {
+            "seconds": round(seconds, 1),
+            "seconds_per_task": {name: t["seconds"] for name, t in per_task.items()},
+        },
+    }
+
+
+def _rows(table: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in table]
