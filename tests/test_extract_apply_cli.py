@@ -110,3 +110,33 @@ def test_bad_input_exits_2_with_one_clear_line(argv, message, model_dir, demos, 
     err = capsys.readouterr().err
     assert "taskvec: error:" in err and message in err and "Traceback" not in err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_extract_function_vector_then_apply_adds_it(model_dir, demos, tmp_path, capsys):
+    """--method fv writes a format-3 file that says how it is applied (add) and which heads made it; apply
+    adds it at its layer: the same answers as the executor with that Add edit, unlike a replacing patch."""
+    import torch
+
+    from taskvec.core.sites import Add, Site
+    from taskvec.models.loading import load_model
+    from taskvec.runtime import make_executor
+
+    out = tmp_path / "upper-fv.safetensors"
+    assert main(["extract", "--model", str(model_dir), "--demos", str(demos), "--method", "fv", "--fv-prompts", "4",
+                 "--n-dev", "6", "--shots", "3", "-o", str(out)]) == 0  # fmt: skip
+    assert "function vector of" in capsys.readouterr().out
+    fv = taskvec.TaskVector.load(out)
+    meta = fv.metadata
+    assert (fv.method, fv.operation) == ("function_vector", "add")
+    assert meta["k"] == len(meta["heads"]) and meta["scale"] > 0 and len(meta["dev_grid"]) > 0
+    assert meta["dev_accuracy"] == max(g["dev_accuracy"] for g in meta["dev_grid"])
+    assert torch.equal(fv.vectors[0], fv.vectors[-1])  # the same vector at every layer
+    assert main(["apply", str(out), "--query", "q", "r", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["method"] == "function_vector" and shown["operation"] == "add"
+    lm = load_model(str(model_dir))
+    prompts = [f"example:{q}->" for q in "qr"]
+    executor = make_executor(lm, "plain", 4)
+    added = executor.generate(prompts, 1, [Add(Site(fv.layer), fv.at())] * 2)
+    assert [r["answer"] for r in shown["results"]] == added
+    assert fv.apply(lm, ["q", "r"]) == added

@@ -145,3 +145,23 @@ def test_cli_refuses_bad_method_settings_before_loading(argv, message, tmp_path,
                  *argv])  # fmt: skip
     assert code != 0
     assert message in capsys.readouterr().err
+
+
+def test_heads_command_writes_tables_and_resumes(tmp_path):
+    from taskvec.experiments.heads_run import HeadsConfig, run_heads
+
+    lm = make_tiny_model("gpt2")
+    config = HeadsConfig(model="tiny", tasks=TASKS, n_prompts=3, shots=3)
+    results = run_heads(config, tmp_path, lm=lm)
+    n_layers, n_heads = lm.num_layers, len(results["tasks"]["to_upper"]["aie"][0])
+    assert len(results["mean_aie"]) == n_layers and len(results["top_heads"]) == min(10, n_layers * n_heads)
+    for name in TASKS:
+        table = results["tasks"][name]["aie"]
+        assert len(table) == n_layers and all(v is not None for row in table for v in row)
+    mean = sum(results["tasks"][t]["aie"][0][0] for t in TASKS) / 2
+    assert results["mean_aie"][0][0] == pytest.approx(mean, abs=1e-6)
+    assert "Top heads, mean over tasks" in (tmp_path / "report.md").read_text()
+    (tmp_path / "results.json").unlink()
+    again = run_heads(config, tmp_path, lm=lm)  # read back from tasks/*.json
+    assert again["tasks"] == results["tasks"]
+    assert main(["heads", "--tasks", "to_upper", "--shots", "1", "--out", str(tmp_path / "x")]) == 2

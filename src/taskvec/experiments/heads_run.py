@@ -83,7 +83,7 @@ def run_heads(
             path = task_result_path(out, task.name)
             saved = load_finished_task(path, task.name)
             if saved is None:
-                saved = {"result": attribute_task(lm, task, config)}
+                saved = {"result": attribute_task(lm, task, config), "predictions": []}
                 write_json_atomic(path, saved)
             per_task[task.name] = saved["result"]
         if progress:
