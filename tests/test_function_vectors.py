@@ -330,3 +330,38 @@ def test_gemma2_post_attention_norm_found_and_own_patch_exact():
     att = head_attribution(lm, sample_icl_examples(PAIRS, 2, 3), shuffled_examples(sample_icl_examples(PAIRS, 2, 3, 1)),
                            DEFAULT_TEMPLATE)  # fmt: skip
     assert function_vector(lm, att, 2, DEFAULT_TEMPLATE).norm_corrected
+
+
+def test_post_norm_folded_in_for_a_bfloat16_model():
+    """A whole-bfloat16 gemma3 rounds the norm's output: the RMS-type check must not mistake that for a
+    non-linear norm (it did, on the GPU check of a bfloat16 model)."""
+    import copy
+
+    from taskvec.heads.sites import check_rms_type
+
+    lm = make_tiny_model("gemma3")
+    norm = copy.deepcopy(head_sites(lm)[0].post_norm).to(torch.bfloat16)
+    check_rms_type(norm, norm.weight.shape[-1], 0)  # no error
+    layer_norm = torch.nn.LayerNorm(norm.weight.shape[-1]).to(torch.bfloat16)
+    with torch.no_grad():
+        layer_norm.bias.fill_(0.5)
+    with pytest.raises(TaskvecError, match="not an RMS-type norm"):
+        check_rms_type(layer_norm, norm.weight.shape[-1], 0)
+
+
+def test_refined_search_scores_a_subset_and_keeps_the_tie_rule():
+    lm = make_tiny_model("llama")
+    clean = sample_icl_examples(PAIRS, 3, 3, seed=0)
+    att = head_attribution(lm, clean, shuffled_examples(sample_icl_examples(PAIRS, 2, 3, seed=1)), DEFAULT_TEMPLATE)
+    queries, answers = ["d", "k", "x"], ["D", "K", "X"]
+    full = select_function_vector(lm, att, DEFAULT_TEMPLATE, queries, answers, ks=(1, 3), scales=(1.0, 2.0, 8.0))
+    fine = select_function_vector(lm, att, DEFAULT_TEMPLATE, queries, answers, ks=(1, 3), scales=(1.0, 2.0, 8.0),
+                                  refine_layers=1)  # fmt: skip
+    by_config = {(g["layer"], g["k"], g["scale"]): g["dev_accuracy"] for g in full.selection["grid"]}
+    scored = fine.selection["grid"]
+    # every layer with every k at the middle scale (2.0), then the best layer with everything
+    assert len(scored) == lm.num_layers * 2 + 2 * 2 and fine.selection["search"] == "refine 1"
+    assert all(by_config[(g["layer"], g["k"], g["scale"])] == g["dev_accuracy"] for g in scored)
+    best = max(g["dev_accuracy"] for g in scored)
+    first = next(g for g in scored if g["dev_accuracy"] == best)
+    assert (fine.layer, fine.k, fine.scale) == (first["layer"], first["k"], first["scale"])

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--fv-k", default="1,2,5,10", help="with fv: numbers of heads tried on dev")
     parser.add_argument("--fv-scales", default="0.5,1,2,4", help="with fv: scales of the vector tried on dev")
+    parser.add_argument("--fv-search", default="refine", choices=("refine", "full"),
+                        help="with fv: refine (every layer with every k at the middle scale, then the 3 best "
+                             "layers with every k and scale) or full (the whole layer x k x scale grid)")  # fmt: skip
     parser.add_argument("--fv-corrupted", type=int, default=25,
                         help="with fv: shuffled-label prompts per task for the head attribution")  # fmt: skip
     add_dtype_argument(parser)
@@ -150,4 +153,5 @@ def fv_settings(args: argparse.Namespace) -> dict:
     if args.fv_corrupted < 1:
         raise TaskvecError(f"--fv-corrupted {args.fv_corrupted}: expected a positive number of prompts")
     return {"n_corrupted": args.fv_corrupted, "ks": _numbers(args.fv_k, "--fv-k", int),
-            "scales": _numbers(args.fv_scales, "--fv-scales", float)}  # fmt: skip
+            "scales": _numbers(args.fv_scales, "--fv-scales", float),
+            "refine_layers": 3 if args.fv_search == "refine" else None}  # fmt: skip

@@ -45,6 +45,7 @@ class FvSettings:
     n_corrupted: int = 25
     ks: tuple[int, ...] = DEFAULT_KS
     scales: tuple[float, ...] = DEFAULT_SCALES
+    refine_layers: int | None = 3  # coarse-to-fine dev search (None: the full layer x k x scale grid)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,7 +60,7 @@ class TaskFunctionVector:
     fv: FunctionVector
     attribution: HeadAttribution
     method: FunctionVectorMethod
-    dev_accuracy_by_layer: list[float]  # at the chosen k and scale
+    dev_accuracy_by_layer: list[float]  # the best (k, scale) scored at each layer
 
     def to_dict(self) -> dict:
         return {**self.fv.to_dict(), "dev_accuracy_by_layer": self.dev_accuracy_by_layer,
@@ -102,9 +103,9 @@ def choose_function_vector(
     with stage("fv_selection"):
         fv = select_function_vector(lm, attribution, template, [s.query.input for s in dev],
                                     [s.query.output for s in dev], ks=settings.ks, scales=settings.scales,
-                                    scorer=scorer(prepared, dev))  # fmt: skip
-    grid = fv.selection["grid"]
-    by_layer = [g["dev_accuracy"] for g in grid if g["k"] == fv.k and g["scale"] == fv.scale]
+                                    scorer=scorer(prepared, dev), refine_layers=settings.refine_layers)  # fmt: skip
+    by_layer = [max(g["dev_accuracy"] for g in fv.selection["grid"] if g["layer"] == layer)
+                for layer in range(lm.num_layers)]  # fmt: skip
     method = FunctionVectorMethod(fv.heads, attribution.mean_outputs.attention_rms, fv.scale)
     return TaskFunctionVector(fv, attribution, method, by_layer)
 

@@ -124,10 +124,17 @@ def select_function_vector(
     aie: torch.Tensor | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     scorer: Callable[[Sequence[str]], float] | None = None,
+    refine_layers: int | None = None,
 ) -> FunctionVector:
     """The function vector whose (layer, k, scale) has the best dev accuracy; ties go to the first in
     (layer, k, scale) order, lowest first. All scores are kept in ``selection``. ``scorer``: the dev accuracy
-    of a list of predictions (default: exact match with ``dev_answers``; a task passes its own rule)."""
+    of a list of predictions (default: exact match with ``dev_answers``; a task passes its own rule).
+
+    ``refine_layers=n``: a coarse-to-fine search instead of the full grid. Every layer is scored with every k
+    at the middle scale, then the ``n`` best layers with every (k, scale); the best of all scored
+    configurations wins (the same tie rule). Far fewer forwards (e.g. 120 instead of 288 configurations on an
+    18-layer model with 4 ks and 4 scales, n=3), at the risk of missing a layer whose best scale is far from
+    the middle one."""
     dev_queries = check_queries(dev_queries)
     if len(dev_answers) != len(dev_queries):
         raise TaskvecError(f"got {len(dev_queries)} dev queries but {len(dev_answers)} answers; expected one "
@@ -138,15 +145,32 @@ def select_function_vector(
     if not layers or not ks or not scales:
         raise TaskvecError(f"layers={layers}, ks={ks}, scales={scales}; expected at least one value each")
     fvs = {k: function_vector(lm, attribution, k, template, aie=aie) for k in ks}
-    grid = [(layer, k, s) for layer in layers for k in ks for s in scales]
     prompts = [template.query_prompt(q) for q in dev_queries]
-    ids = added_vector_token_ids(lm, prompts, [(layer, s * fvs[k].vector) for layer, k, s in grid], max_rows=max_rows)
     score = scorer or (lambda predictions: accuracy(predictions, dev_answers))
-    scores = [score(decode_predictions(lm, row)) for row in ids]
+    scored: dict[tuple[int, int, float], float] = {}
+
+    def evaluate(configs: list[tuple[int, int, float]]) -> None:
+        configs = [c for c in configs if c not in scored]
+        if configs:
+            variants = [(layer, s * fvs[k].vector) for layer, k, s in configs]
+            ids = added_vector_token_ids(lm, prompts, variants, max_rows=max_rows)
+            scored.update({c: score(decode_predictions(lm, row)) for c, row in zip(configs, ids)})
+
+    if refine_layers:
+        middle = scales[len(scales) // 2]
+        evaluate([(layer, k, middle) for layer in layers for k in ks])
+        per_layer = {layer: max(scored[(layer, k, middle)] for k in ks) for layer in layers}
+        chosen = sorted(layers, key=lambda layer: (-per_layer[layer], layer))[:refine_layers]
+        evaluate([(layer, k, s) for layer in sorted(chosen) for k in ks for s in scales])
+    else:
+        evaluate([(layer, k, s) for layer in layers for k in ks for s in scales])
+    grid = sorted(scored)
+    scores = [scored[c] for c in grid]
     best = max(range(len(grid)), key=lambda i: (scores[i], -i))
     layer, k, scale = grid[best]
     logger.info("function vector chosen on %d dev queries: layer %d, k %d, scale %g (dev accuracy %.3f)",
                 len(dev_queries), layer, k, scale, scores[best])  # fmt: skip
     table = {"grid": [{"layer": g[0], "k": g[1], "scale": g[2], "dev_accuracy": a} for g, a in zip(grid, scores)],
-             "best_dev_accuracy": scores[best]}  # fmt: skip
+             "best_dev_accuracy": scores[best],
+             "search": f"refine {refine_layers}" if refine_layers else "full"}  # fmt: skip
     return replace(fvs[k], layer=layer, scale=scale, selection=table)
