@@ -16,7 +16,7 @@ from taskvec.errors import TaskvecError
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 PROMPTS = ["example:a->", "example:hello->", "x", "example:zz->", "example:qrstuv->"]
-NO_STOP = StopRule(eos=False, stop_strings=())
+NO_STOP = StopRule(eos=False, stop_strings=(), special=False)
 
 
 def reference_ids(lm, prompt: str, steps: int, layer: int | None, vector: torch.Tensor | None, stop: StopRule):
@@ -40,7 +40,12 @@ def reference_ids(lm, prompt: str, steps: int, layer: int | None, vector: torch.
                 token = int(logits[0, -1].argmax())
                 out_ids.append(token)
                 text = lm.tokenizer.decode([token])
-                if (stop.eos and token == lm.tokenizer.eos_token_id) or any(s in text for s in stop.stop_strings):
+                special = stop.special and token in lm.tokenizer.all_special_ids
+                if (
+                    (stop.eos and token == lm.tokenizer.eos_token_id)
+                    or special
+                    or any(s in text for s in stop.stop_strings)
+                ):
                     break
     finally:
         if handle is not None:
@@ -82,7 +87,7 @@ def test_stop_rule_cuts_each_row_at_its_first_stop_token(lm):
     any_stopped = False
     for prompt, long, short in zip(PROMPTS, free, stopped):
         texts = [lm.tokenizer.decode([t]) for t in long]
-        hits = [k for k, t in enumerate(long) if t == lm.tokenizer.eos_token_id or marker in texts[k]]
+        hits = [k for k, t in enumerate(long) if t in lm.tokenizer.all_special_ids or marker in texts[k]]
         expected = long[: hits[0] + 1] if hits else long
         assert short == expected
         assert short == reference_ids(lm, prompt, 12, None, None, stop)
@@ -112,7 +117,7 @@ def test_task_vector_apply_of_loaded_equals_in_memory(tmp_path):
     loaded = taskvec.TaskVector.load(path)
     queries = ["g", "hij", "k"]
     assert loaded.apply(lm, queries, max_new_tokens=5, stop=NO_STOP) == tv.apply(lm, queries, 5, stop=NO_STOP)
-    one = tv.apply(lm, queries, stop=StopRule(eos=False))
+    one = tv.apply(lm, queries, stop=StopRule(eos=False, special=False))
     assert one == taskvec.apply_task_vector(lm, tv, queries)
 
 

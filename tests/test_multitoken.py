@@ -5,9 +5,26 @@ from __future__ import annotations
 import string
 
 import pytest
+import torch
 from tiny_models import make_tiny_model
 
-from taskvec.experiments.multitoken import METHODS, MultiTokenConfig, evaluate_multitoken
+from taskvec.core.answering import step_edits
+from taskvec.core.decoding import CONTROL_MARKER, StopRule, decode_answer
+from taskvec.core.methods import TASK_VECTOR
+from taskvec.core.sites import Add, Replace
+from taskvec.errors import TaskvecError
+from taskvec.experiments.multitoken import (
+    DEFAULT_VARIANT,
+    METHODS,
+    OTHER_TEMPLATES,
+    VARIANTS,
+    MultiTokenConfig,
+    evaluate_multitoken,
+    f1_entry,
+    token_f1,
+)
+from taskvec.prompts import DEFAULT_TEMPLATE
+from taskvec.runtime import make_executor
 from taskvec.tasks.definitions import Pair, Task
 from taskvec.tasks.preparation import prepare_task
 
@@ -36,6 +53,63 @@ def test_evaluate_multitoken_scores_each_group_on_full_answers():
         assert [entry[m]["n"] for m in METHODS] == [5, 5, 5]
         for example in entry["examples"]:
             assert (len(example["gold"]) == 1) == (group == "1")
-        for m in METHODS:
-            hits = sum(e[m] == e["gold"] for e in entry["examples"])
-            assert entry[m]["accuracy"] == hits / 5
+        assert set(entry["variants"]) == set(VARIANTS) | {"icl_newline", "icl_format", "zero_newline", "zero_format"}
+        for name, scores in entry["variants"].items():
+            hits = sum(e[name] == e["gold"] for e in entry["examples"])
+            assert scores["exact"]["accuracy"] == hits / 5
+            f1 = [token_f1(e[name], Pair(e["query"], e["gold"])) for e in entry["examples"]]
+            assert scores["f1"]["mean"] == pytest.approx(sum(f1) / 5) and scores["f1"]["mean"] >= hits / 5
+        assert entry["task_vector"] == entry["variants"][DEFAULT_VARIANT]["exact"]
+        assert entry["regular"] == entry["variants"]["icl_format"]["exact"]
+    assert set(result["templates"]) == set(OTHER_TEMPLATES)
+    for entry in result["templates"].values():
+        assert {g: [entry["groups"][g][m]["n"] for m in METHODS] for g in entry["groups"]} == {
+            "1": [5] * 3,
+            "2+": [5] * 3,
+        }
+
+
+def test_token_f1_and_interval():
+    pair = Pair("x", "New York", ("NYC",))
+    assert token_f1("new york", pair) == 1.0 and token_f1("NYC", pair) == 1.0
+    assert token_f1("New Delhi", pair) == pytest.approx(0.5) and token_f1("", pair) == 0.0
+    entry = f1_entry([1.0, 0.0, 0.5, 0.5])
+    assert entry["mean"] == 0.5 and 0.0 <= entry["ci95"][0] < 0.5 < entry["ci95"][1] <= 1.0
+
+
+def test_stop_rule_from_the_template_and_special_tokens_never_in_answers():
+    rule = StopRule.from_template(DEFAULT_TEMPLATE)
+    assert rule.stop_strings == ("\n", "example:", "->") and rule.special
+    assert rule.cut("Paris->Paris") == "Paris" and rule.cut("Paris example:France") == "Paris "
+    lm = make_tiny_model("llama")
+    ids = lm.tokenizer("ab", add_special_tokens=False)["input_ids"]
+    unk = lm.tokenizer.unk_token_id
+    assert decode_answer(lm, [*ids, unk, *ids]) == "ab"  # cut at the special token
+    assert decode_answer(lm, [*ids, unk, *ids], StopRule(special=False)) != "ab"
+    assert CONTROL_MARKER.fullmatch("<start_of_image>") and CONTROL_MARKER.fullmatch("<|im_end|>")
+    assert not CONTROL_MARKER.fullmatch("<table>") and not CONTROL_MARKER.fullmatch("</td>")
+
+
+@pytest.mark.parametrize("kind", ["plain", "fast"])
+def test_decoding_modes_apply_the_vector_at_generated_positions(kind):
+    """every_delta with alpha 0 and first are the same decoding; every_replace puts theta at each generated
+    position (checked against a hand-made loop), every_delta adds theta minus the prompt's own state."""
+    lm = make_tiny_model("llama")
+    executor = make_executor(lm, kind, 4)
+    prompts = [DEFAULT_TEMPLATE.query_prompt(q) for q in ("a", "bc", "d")]
+    thetas = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    first = [TASK_VECTOR.edit(1, v) for v in thetas]
+    none = StopRule(eos=False, stop_strings=(), special=False)
+    plain = executor.generate(prompts, 4, first, none)
+    zero = step_edits(executor, prompts, first, "every_delta", alpha=0.0)
+    assert all(torch.count_nonzero(e.value) == 0 for e in zero)
+    assert executor.generate(prompts, 4, first, none, zero) == plain
+    assert step_edits(executor, prompts, first, "first") is None
+    replaced = step_edits(executor, prompts, first, "every_replace")
+    assert all(isinstance(e, Replace) and torch.equal(e.value, v) for e, v in zip(replaced, thetas))
+    delta = step_edits(executor, prompts, first, "every_delta")
+    own = executor.states([[p] for p in prompts], [1])[:, 0]
+    for e, v, h in zip(delta, thetas, own):
+        assert isinstance(e, Add) and torch.allclose(e.value, v - h, atol=1e-5)
+    with pytest.raises(TaskvecError, match="decoding mode 'sometimes'"):
+        step_edits(executor, prompts, first, "sometimes")

@@ -115,9 +115,10 @@ class Executor(Protocol):
 
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int, edits: Sequence[Edit] | None = None,
-        stop: StopRule = DEFAULT_STOP,
+        stop: StopRule = DEFAULT_STOP, step_edits: Sequence[Edit] | None = None,
     ) -> list[str]:
-        """Greedy answers (decoded, cut by ``stop``), ``edits[i]`` applied on prompt i's first forward."""
+        """Greedy answers (decoded, cut by ``stop``), ``edits[i]`` applied on prompt i's first forward and
+        ``step_edits[i]`` at each generated token (position -1 of each later forward)."""
         ...
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_answer
+from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_answer, special_token_ids
 from taskvec.core.sites import Edit, replacements
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
@@ -40,6 +40,8 @@ def check_max_new_tokens(max_new_tokens: int) -> int:
 def _stops(lm: LoadedModel, token_id: int, stop: StopRule) -> bool:
     if stop.eos and token_id == lm.tokenizer.eos_token_id:
         return True
+    if stop.special and token_id in special_token_ids(lm):
+        return True
     if not stop.stop_strings:
         return False
     text = lm.tokenizer.decode([token_id])
@@ -48,9 +50,15 @@ def _stops(lm: LoadedModel, token_id: int, stop: StopRule) -> bool:
 
 @torch.no_grad()
 def _generate_batch(
-    lm: LoadedModel, batch: Batch, edits: Sequence[Edit | None], max_new_tokens: int, stop: StopRule
+    lm: LoadedModel,
+    batch: Batch,
+    edits: Sequence[Edit | None],
+    max_new_tokens: int,
+    stop: StopRule,
+    step_edits: Sequence[Edit | None] = (),
 ) -> list[list[int]]:
-    """Generated ids of each row of one batch, the stopping token included (it is cut by the caller)."""
+    """Generated ids of each row of one batch, the stopping token included (it is cut by the caller).
+    ``step_edits[i]`` (position -1: the one new token) is applied to row i at every generated token."""
     n = len(batch)
     kwargs = batch.model_inputs()
     if lm.adapter.accepts_logits_to_keep:
@@ -73,7 +81,8 @@ def _generate_batch(
         kwargs = {"input_ids": next_ids[:, None].to(mask.device), "attention_mask": mask, "position_ids": position}
         if lm.adapter.accepts_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = lm.model(**kwargs, **lm.adapter.cache_inputs(returned_cache(out)))
+        with intervene(lm.adapter, step_edits):
+            out = lm.model(**kwargs, **lm.adapter.cache_inputs(returned_cache(out)))
     return generated
 
 
@@ -87,9 +96,11 @@ def generate_ids(
     patch_vectors: torch.Tensor | None = None,
     stop: StopRule = DEFAULT_STOP,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    step_edits: Sequence[Edit | None] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation ids of each prompt (stopping token included), ``edits[i]`` applied to row i on
-    the first forward; ``patch_layers``/``patch_vectors`` are short for replacing block outputs there."""
+    the first forward and ``step_edits[i]`` on each later one (the generated token's position);
+    ``patch_layers``/``patch_vectors`` are short for replacing block outputs there."""
     check_max_new_tokens(max_new_tokens)
     rows = encode(lm, prompts)
     if patch_layers is not None and patch_vectors is not None:
@@ -97,7 +108,8 @@ def generate_ids(
     result: list[list[int]] = [[] for _ in rows]
     for group in length_sorted_chunks(rows, batch_size):
         own = [edits[i] for i in group] if edits is not None else []
-        ids = _generate_batch(lm, collate(lm, [rows[i] for i in group]), own, max_new_tokens, stop)
+        steps = [step_edits[i] for i in group] if step_edits is not None else []
+        ids = _generate_batch(lm, collate(lm, [rows[i] for i in group]), own, max_new_tokens, stop, steps)
         for i, row_ids in zip(group, ids):
             result[i] = row_ids
     return result

@@ -1,32 +1,61 @@
-"""Multi-token answers: exact match of the full answer, task vector vs regular ICL vs zero-shot.
+"""Multi-token answers: the full decoded answer, task-vector variants vs regular ICL vs zero-shot.
 
 Not the paper's protocol (it scores one token). Per task, the pairs are kept whatever the length of their
 answer (:func:`prepare_task` with ``keep_multi_token``); test queries are drawn separately among answers of
-one token and of several. Each query gets its own 5 demonstrations and dummy queries (drawn from all pairs,
-so demonstrations show full multi-token answers); theta is extracted from them and the same
-demonstrations make the regular-ICL prompt. The layer is chosen on dev queries by the first generated
-token (a non-empty prefix of an accepted answer). All three methods decode greedily up to
-``max_new_tokens`` with the same stop rule (EOS or newline); an answer is correct when it equals the
-output or one of its listed alternatives.
+one token and of several. Each query gets its own demonstrations and dummy queries (drawn from all pairs, so
+demonstrations show full multi-token answers); theta is extracted from them and the same demonstrations make
+the regular-ICL prompt. The layer is chosen on dev queries by the first generated token (a non-empty prefix of
+an accepted answer). Every method decodes greedily up to ``max_new_tokens``.
+
+Variants (:mod:`taskvec.core.answering`): where the vector is applied while decoding (``first``,
+``every_replace``, ``every_delta``), the stop rule (``newline``, ``format``) and the scale ``alpha``; ICL and
+zero-shot are decoded with both stop rules. Scored by exact match (the output or a listed alternative) and
+token F1 (lower-cased whitespace tokens, best over accepted answers).
+
+Prompts in other words: the task vector extracted with the paper's template is patched (at the same layer)
+into queries written in other templates (``Q: x\\nA:``, ...); first-token accuracy (knowledge-style prefix
+rule) shows how much of its effect survives, against zero-shot and ICL in that template.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, step_edits, stop_rule
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
 from taskvec.core.methods import TASK_VECTOR
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 from taskvec.runtime import make_executor
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.definitions import Pair, Task
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.sampling import build_sets
+from taskvec.tasks.scoring import prefix_match
 
 METHODS = ("task_vector", "regular", "zero_shot")
+#: Task-vector variants measured: name -> (decoding mode, stop rule, alpha).
+VARIANTS = {
+    "tv_first_newline": ("first", "newline", 1.0),  # the paper's patch, the old decoding
+    "tv_first_format": ("first", "format", 1.0),
+    "tv_every_replace_format": ("every_replace", "format", 1.0),
+    "tv_every_delta_format": ("every_delta", "format", 1.0),
+    "tv_every_delta_format_a0.5": ("every_delta", "format", 0.5),
+    "tv_every_delta_format_a2": ("every_delta", "format", 2.0),
+}
+DEFAULT_VARIANT = f"tv_{DEFAULT_MODE}_{DEFAULT_STOP_RULE}"
+#: Query templates of "prompts in other words" (the demonstrations' template is the paper's).
+OTHER_TEMPLATES = {
+    "paper": "example:{input}->",
+    "qa": "Q: {input}\nA:",
+    "input_output": "Input: {input}\nOutput:",
+    "arrow_spaced": "{input} =>",
+}
 
 
 @dataclass(frozen=True)
@@ -38,17 +67,43 @@ class MultiTokenConfig:
     max_new_tokens: int = 10
     seed: int = 41
     batch_size: int = 32
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    templates: tuple[str, ...] = tuple(OTHER_TEMPLATES)
+    extra: dict = field(default_factory=dict)
 
 
 def _accepted(pair: Pair) -> set[str]:
     return {a.strip() for a in pair.accepted}
 
 
+def token_f1(answer: str, pair: Pair) -> float:
+    """Best F1 of the lower-cased whitespace tokens of ``answer`` against each accepted answer."""
+    got = answer.lower().split()
+    best = 0.0
+    for gold in _accepted(pair):
+        want = gold.lower().split()
+        common = sum(min(got.count(t), want.count(t)) for t in set(got))
+        if common:
+            precision, recall = common / len(got), common / len(want)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def f1_entry(values: Sequence[float]) -> dict:
+    """Mean token F1 with a normal-approximation 95% interval (clipped to [0, 1])."""
+    n = len(values)
+    mean = sum(values) / n if n else 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n) if n else 0.0
+    return {"mean": mean, "ci95": [max(0.0, mean - half), min(1.0, mean + half)], "n": n}
+
+
 def evaluate_multitoken(
     lm: LoadedModel, task: Task, config: MultiTokenConfig = MultiTokenConfig(), *, executor: Executor | None = None
 ) -> dict:
-    """Exact-match accuracy of each method on answers of 1 token and of 2+ tokens, with examples.
-    ``executor`` runs the model (default: the fast one with the config's batch size)."""
+    """Per answer-length group: exact match and token F1 of each variant and baseline, with examples
+    (``groups[g][method]``: exact match of the default variant, ICL and zero-shot with the format stop rule),
+    and the first-token accuracy of the task vector in other templates. ``executor`` runs the model."""
     executor = executor or make_executor(lm, "fast", config.batch_size)
     prepared = prepare_task(lm, task, keep_multi_token=True)
     template, pairs = prepared.template, prepared.pairs
@@ -73,24 +128,61 @@ def evaluate_multitoken(
     layer = best_layer(dev_accuracy)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
-                    "answer_prefix": template.answer_prefix, "groups": {}}  # fmt: skip
+                    "answer_prefix": template.answer_prefix, "default_variant": DEFAULT_VARIANT,
+                    "groups": {}, "templates": {}}  # fmt: skip
     for group, queries in test_queries.items():
         if not queries:
             continue
         sets = build_sets(pairs, queries, config.shots, config.n_dummy, rng)
-        prompts = [template.query_prompt(q.input) for q in queries]
-        vectors = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
-        edits = [TASK_VECTOR.edit(layer, v) for v in vectors]
-        icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
-        answers = {
-            "task_vector": executor.generate(prompts, config.max_new_tokens, edits),
-            "regular": executor.generate(icl_prompts, config.max_new_tokens),
-            "zero_shot": executor.generate(prompts, config.max_new_tokens),
-        }
-        correct = {m: [a in _accepted(q) for a, q in zip(answers[m], queries)] for m in METHODS}
+        answers = _answers(executor, template, sets, layer, config)
+        exact = {m: [a in _accepted(q) for a, q in zip(found, queries)] for m, found in answers.items()}
+        f1 = {m: [token_f1(a, q) for a, q in zip(found, queries)] for m, found in answers.items()}
+        named = {"task_vector": DEFAULT_VARIANT, "regular": "icl_format", "zero_shot": "zero_format"}
         result["groups"][group] = {
-            **{m: accuracy_entry(correct[m]) for m in METHODS},
-            "examples": [{"query": q.input, "gold": q.output, **{m: answers[m][i] for m in METHODS}}
+            **{m: accuracy_entry(exact[v]) for m, v in named.items()},
+            "variants": {m: {"exact": accuracy_entry(exact[m]), "f1": f1_entry(f1[m])} for m in answers},
+            "examples": [{"query": q.input, "gold": q.output, **{m: answers[m][i] for m in answers}}
                          for i, q in enumerate(queries)],
         }  # fmt: skip
+        for name in config.templates:
+            transfer = _in_other_words(executor, template, sets, layer, OTHER_TEMPLATES[name])
+            entry = result["templates"].setdefault(name, {"query": OTHER_TEMPLATES[name], "groups": {}})
+            entry["groups"][group] = {m: accuracy_entry(ok) for m, ok in transfer.items()}
     return result
+
+
+def _answers(executor: Executor, template: PromptTemplate, sets, layer: int, config: MultiTokenConfig) -> dict:
+    """Decoded answers of every variant and of ICL / zero-shot under both stop rules."""
+    prompts = [template.query_prompt(s.query.input) for s in sets]
+    icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
+    thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
+    first = [TASK_VECTOR.edit(layer, v) for v in thetas]
+    out: dict[str, list[str]] = {}
+    for name in config.variants:
+        mode, stop, alpha = VARIANTS[name]
+        steps = step_edits(executor, prompts, first, mode, alpha)
+        out[name] = executor.generate(prompts, config.max_new_tokens, first, stop_rule(stop, template), steps)
+    for stop in ("newline", "format"):
+        rule = stop_rule(stop, template)
+        out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rule)
+        out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rule)
+    return out
+
+
+def _in_other_words(executor: Executor, template: PromptTemplate, sets, layer: int, query: str) -> dict:
+    """First-token correctness (prefix rule) in the template ``query`` of: zero-shot, ICL (demonstrations in
+    that template) and the task vector extracted with the paper's template, patched at ``layer``."""
+    other = PromptTemplate(query=query, separator=template.separator, answer_prefix=template.answer_prefix
+                           if query == template.query else " ", input_prefix=template.input_prefix)  # fmt: skip
+    lm = executor.lm
+    prompts = [other.query_prompt(s.query.input) for s in sets]
+    icl = [other.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
+    thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
+    found = {
+        "task_vector": executor.predict(prompts, [TASK_VECTOR.edit(layer, v) for v in thetas], short=True).ids,
+        "regular": executor.predict(icl).ids,
+        "zero_shot": executor.predict(prompts, short=True).ids,
+    }
+    return {m: [any(prefix_match(p, a) for a in _accepted(s.query)) for p, s in zip(decode_predictions(lm, ids),
+                                                                                        sets)]
+            for m, ids in found.items()}  # fmt: skip

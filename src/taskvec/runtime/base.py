@@ -84,7 +84,11 @@ class ExecutorBase:
         max_new_tokens: int,
         edits: Sequence[Edit] | None = None,
         stop: StopRule = DEFAULT_STOP,
+        step_edits: Sequence[Edit] | None = None,
     ) -> list[str]:
-        """Greedy answers, ``edits[i]`` applied on prompt i's first forward (the same path for every executor)."""
+        """Greedy answers, ``edits[i]`` applied on prompt i's first forward and ``step_edits[i]`` at each
+        generated token (the same path for every executor)."""
         self.check_edits(prompts, edits)
-        return generate(self.lm, prompts, max_new_tokens, edits=edits, stop=stop, batch_size=self.batch_size)
+        self.check_edits(prompts, step_edits)
+        return generate(self.lm, prompts, max_new_tokens, edits=edits, stop=stop, batch_size=self.batch_size,
+                        step_edits=step_edits)  # fmt: skip
