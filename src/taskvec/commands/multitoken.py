@@ -1,0 +1,73 @@
+"""``taskvec multitoken``: task vectors that answer in full (multi-token answers, prompts in other words)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from taskvec.commands._common import add_dtype_argument, add_model_argument, add_threads_argument, require_positive
+from taskvec.errors import TaskvecError
+
+NAME = "multitoken"
+HELP = "multi-token answers: task-vector decoding variants vs ICL vs zero-shot (exact match, token F1)"
+ORDER = 2
+#: Built-in tasks with multi-token answers on the bundled models (knowledge and translation).
+MULTITOKEN_TASKS = ("country_capital", "location_continent", "location_religion", "person_language", "en_fr", "en_es",
+                    "fr_en", "es_en")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--tasks", nargs="*", default=None,
+                        help=f"task names (default: {', '.join(MULTITOKEN_TASKS)})")  # fmt: skip
+    parser.add_argument("--task-file", action="append", default=[], help="extra task from a JSON/JSONL/CSV of pairs")
+    parser.add_argument("--shots", type=int, default=5, help="demonstrations per query")
+    parser.add_argument("--n-dev", type=int, default=20, help="dev queries (choose the layer)")
+    parser.add_argument("--n-test", type=int, default=30, help="test queries per answer length (1 token, 2+)")
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens decoded at most")
+    parser.add_argument("--seed", type=int, default=41, help="sampling seed")
+    add_dtype_argument(parser)
+    add_threads_argument(parser)
+    parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/multitoken-<model>)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from taskvec.engine.generation import check_max_new_tokens
+    from taskvec.experiments.multitoken import MultiTokenConfig
+    from taskvec.experiments.multitoken_run import run_multitoken
+    from taskvec.models.loading import check_model_spec
+    from taskvec.tasks.registry import load_tasks, resolve_task_names
+
+    require_positive(args, "shots", "n_dev", "n_test")
+    check_max_new_tokens(args.max_new_tokens)
+    names = args.tasks if args.tasks is not None else ([] if args.task_file else list(MULTITOKEN_TASKS))
+    tasks = load_tasks(tuple(resolve_task_names(names)), args.task_file)
+    if not tasks:
+        raise TaskvecError("no tasks: name built-in tasks with --tasks or give --task-file")
+    check_model_spec(args.model)
+    out = Path(args.out) if args.out else Path("taskvec-runs") / f"multitoken-{Path(args.model).name}"
+    config = MultiTokenConfig(shots=args.shots, n_dev=args.n_dev, n_test=args.n_test,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+    bars = []
+
+    def progress(task: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="task", desc=f"multitoken {args.model}", file=sys.stderr))
+        bars[0].n = done
+        bars[0].set_postfix_str(task)
+        bars[0].refresh()
+
+    try:
+        results = run_multitoken(args.model, tasks, config, out, dtype=args.dtype, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    for group, by_name in sorted(results["summary"]["variants"].items()):
+        best = max((n for n in by_name if n.startswith("tv_")), key=lambda n: by_name[n]["exact"] or 0)
+        icl = by_name.get("icl_format", {}).get("exact")
+        print(f"{group} token(s): ICL {icl or 0:.2f}, best task-vector variant {best} "
+              f"{by_name[best]['exact'] or 0:.2f}", file=sys.stderr)  # fmt: skip
+    print(f"-> {out}/report.html")
