@@ -140,3 +140,27 @@ def test_extract_function_vector_then_apply_adds_it(model_dir, demos, tmp_path, 
     added = executor.generate(prompts, 1, [Add(Site(fv.layer), fv.at())] * 2)
     assert [r["answer"] for r in shown["results"]] == added
     assert fv.apply(lm, ["q", "r"]) == added
+
+
+def test_apply_in_another_template_with_each_decoding(model_dir, demos, tmp_path, capsys):
+    """--template writes the queries in other words (a typed \\n is a newline); --decoding and --stop reach the
+    decoder: the CLI's answers equal the API's with the same template, mode and stop rule."""
+    from taskvec.core.answering import stop_rule
+    from taskvec.models.loading import load_model
+    from taskvec.prompts import PromptTemplate
+
+    out = tmp_path / "upper.safetensors"
+    assert main(["extract", "--model", str(model_dir), "--demos", str(demos), "--n-dev", "4", "-o", str(out)]) == 0
+    capsys.readouterr()
+    tv = taskvec.TaskVector.load(out)
+    lm = load_model(str(model_dir))
+    template = PromptTemplate(query="Q: {input}\nA:")
+    for mode in ("first", "every_delta"):
+        assert main(["apply", str(out), "--query", "q", "r", "--template", "Q: {input}\\nA:", "--decoding", mode,
+                     "--max-new-tokens", "3", "--stop", "newline", "--json"]) == 0  # fmt: skip
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["template"]["query"] == "Q: {input}\nA:" and shown["decoding"] == mode
+        api = tv.apply(lm, ["q", "r"], 3, template=template, mode=mode, stop=stop_rule("newline", template))
+        assert [r["answer"] for r in shown["results"]] == api
+    assert main(["apply", str(out), "--query", "q", "--template", "Q: x A:"]) == 2
+    assert "has no {input}" in capsys.readouterr().err

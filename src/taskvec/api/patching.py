@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from taskvec.api.compat import VectorsWithMetadata, check_compatible
-from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_predictions
+from taskvec.core.answering import DEFAULT_MODE, step_edits
+from taskvec.core.decoding import StopRule, decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR
 from taskvec.core.sites import Add, Edit, Site
@@ -86,12 +87,21 @@ def apply_generate(
     *,
     layer: int | None = None,
     template: PromptTemplate | None = None,
-    stop: StopRule = DEFAULT_STOP,
+    stop: StopRule | None = None,
+    mode: str = DEFAULT_MODE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     executor: Executor | None = None,
 ) -> list[str]:
     """Answers to ``queries`` with ``task_vector`` patched at ``layer`` (default: its stored layer),
-    decoded greedily up to ``max_new_tokens`` tokens."""
+    decoded greedily up to ``max_new_tokens`` tokens.
+
+    ``template``: how the queries are written (default: the vector's own template). ``stop``: default, the
+    template's format (:meth:`StopRule.from_template`: a newline, or the template's own text, ends an
+    answer; special tokens never enter one). ``mode``: where the vector acts while decoding
+    (:mod:`taskvec.core.answering`; default ``every_delta``, measured best for multi-token answers; ``first``
+    is the paper's single patch). With one token the mode makes no difference."""
+    template = template or template_of(task_vector)
     prompts, edits = patch_inputs(lm, task_vector, queries, layer, template)
     executor = executor or make_executor(lm, "fast", batch_size)
-    return executor.generate(prompts, max_new_tokens, edits, stop)
+    steps = step_edits(executor, prompts, edits, mode) if max_new_tokens > 1 else None
+    return executor.generate(prompts, max_new_tokens, edits, stop or StopRule.from_template(template), steps)

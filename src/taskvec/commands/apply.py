@@ -24,6 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=1, help="tokens to decode at most (1..256)")
     parser.add_argument("--layer", type=int, default=None, help="patch at this layer instead of the stored one")
     parser.add_argument("--alpha", type=float, default=1.0, help="scale the stored vector by this factor")
+    parser.add_argument(
+        "--template", default=None,
+        help="how to write the queries: a string with {input} (e.g. 'Q: {input}\\nA:'), or 'chat' (the model's "
+             "chat template, the query as the user turn); default: the template stored with the vector",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decoding", default="every_delta", choices=("first", "every_replace", "every_delta"),
+        help="with --max-new-tokens > 1: where the vector acts while decoding (first: the paper's single patch; "
+             "every_delta: its shift added at every generated token)",
+    )  # fmt: skip
+    parser.add_argument("--stop", default="format", choices=("format", "newline"),
+                        help="format: an answer ends at a newline or where the template's own text starts; "
+                             "newline: at a newline only (special tokens always end it)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     add_dtype_argument(parser)
@@ -51,7 +64,9 @@ def read_queries(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from taskvec.api.patching import template_of
     from taskvec.api.task_vector import TaskVector
+    from taskvec.core.answering import stop_rule
     from taskvec.engine.generation import check_max_new_tokens
     from taskvec.models.loading import check_model_spec, load_model
 
@@ -71,11 +86,14 @@ def run(args: argparse.Namespace) -> None:
     check_model_spec(model)
     print(f"loading {model} ...", file=sys.stderr)
     lm = load_model(model, dtype=args.dtype)
-    answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size)
+    template = query_template(args.template, lm, template_of(tv))
+    answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size,
+                       template=template, mode=args.decoding, stop=stop_rule(args.stop, template))  # fmt: skip
     layer = tv.layer if args.layer is None else args.layer
     if args.json:
         print(json.dumps({"task_vector": args.task_vector, "method": tv.method, "operation": tv.operation,
-                          "model": model, "task": tv.metadata.get("task"),
+                          "model": model, "task": tv.metadata.get("task"), "template": template.to_dict(),
+                          "decoding": args.decoding, "stop": args.stop,
                           "layer": layer, "alpha": args.alpha, "max_new_tokens": args.max_new_tokens,
                           "results": [{"query": q, "answer": a} for q, a in zip(queries, answers)]},
                          ensure_ascii=False, indent=2))  # fmt: skip
@@ -83,3 +101,23 @@ def run(args: argparse.Namespace) -> None:
     width = max(len(q) for q in queries) + 2
     for query, answer in zip(queries, answers):
         print(f"{query:<{width}}{answer}")
+
+
+def query_template(spec: str | None, lm, stored):
+    """The template the queries are written in: the stored one, a string with {input}, or the chat template."""
+    from dataclasses import replace
+
+    if spec is None:
+        return stored
+    if spec == "chat":
+        chat = getattr(lm.tokenizer, "chat_template", None)
+        if not chat:
+            raise TaskvecError("--template chat: this model's tokenizer has no chat template; give a string with "
+                               "{input} instead")  # fmt: skip
+        text = lm.tokenizer.apply_chat_template([{"role": "user", "content": "{input}"}], tokenize=False,
+                                                add_generation_prompt=True)  # fmt: skip
+        bos = lm.tokenizer.bos_token or ""
+        spec = text[len(bos):] if bos and text.startswith(bos) else text
+    if "{input}" not in spec:
+        raise TaskvecError(f"--template {spec!r} has no {{input}}; expected e.g. 'Q: {{input}}\\nA:' or 'chat'")
+    return replace(stored, query=spec.replace("\\n", "\n"))  # a typed backslash-n is a newline
