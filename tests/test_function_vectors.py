@@ -32,8 +32,8 @@ from taskvec.heads.function_vector import head_contributions
 from taskvec.heads.hooks import HeadPatch, add_to_block_output, capture_head_outputs, patch_heads
 from taskvec.heads.last_token import _SKIP_VERIFIED, patched_gold_probabilities
 from taskvec.heads.selection import added_vector_token_ids
-from taskvec.heads.sites import HeadSiteError, check_rms_type, frozen_norm, rms
 from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.head_sites import HeadSiteError, check_rms_type, frozen_norm, rms
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MixedLinear, enable_mixed_precision
 
@@ -337,7 +337,7 @@ def test_post_norm_folded_in_for_a_bfloat16_model():
     non-linear norm (it did, on the GPU check of a bfloat16 model)."""
     import copy
 
-    from taskvec.heads.sites import check_rms_type
+    from taskvec.models.head_sites import check_rms_type
 
     lm = make_tiny_model("gemma3")
     norm = copy.deepcopy(head_sites(lm)[0].post_norm).to(torch.bfloat16)

@@ -117,7 +117,7 @@ def query_template(spec: str | None, lm, stored):
         text = lm.tokenizer.apply_chat_template([{"role": "user", "content": "{input}"}], tokenize=False,
                                                 add_generation_prompt=True)  # fmt: skip
         bos = lm.tokenizer.bos_token or ""
-        spec = text[len(bos):] if bos and text.startswith(bos) else text
+        spec = text[len(bos) :] if bos and text.startswith(bos) else text
     if "{input}" not in spec:
         raise TaskvecError(f"--template {spec!r} has no {{input}}; expected e.g. 'Q: {{input}}\\nA:' or 'chat'")
     return replace(stored, query=spec.replace("\\n", "\n"))  # a typed backslash-n is a newline

@@ -12,7 +12,7 @@ from taskvec.heads.attribution import HeadAttribution, MeanHeadOutputs, average_
 from taskvec.heads.examples import IclExample, sample_icl_examples, shuffled_examples
 from taskvec.heads.function_vector import FunctionVector, apply_function_vector, function_vector, random_like
 from taskvec.heads.selection import select_function_vector
-from taskvec.heads.sites import HeadSite, HeadSiteError, head_sites
+from taskvec.models.head_sites import HeadSite, HeadSiteError, head_sites
 
 __all__ = [
     "FunctionVector",

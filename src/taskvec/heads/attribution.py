@@ -21,7 +21,7 @@ from taskvec.errors import TaskvecError
 from taskvec.heads.examples import IclExample, first_answer_tokens
 from taskvec.heads.hooks import capture_head_outputs
 from taskvec.heads.last_token import DEFAULT_MAX_ROWS, patched_gold_probabilities
-from taskvec.heads.sites import HeadSite, head_sites, rms
+from taskvec.models.head_sites import HeadSite, head_sites, rms
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)

@@ -4,11 +4,11 @@ v = Σ_(li,j) ∈ top-k W_O,lj · ā_lj, where W_O,lj is head j's block of layer
 It is applied by *adding* ``scale * v`` to the output of one decoder block at the last position.
 
 Families with a norm between the attention output and the residual add (gemma2/gemma3, found by
-:mod:`taskvec.heads.sites`): what reaches the residual stream is N(a), not a. An RMS norm divides by
+:mod:`taskvec.models.head_sites`): what reaches the residual stream is N(a), not a. An RMS norm divides by
 rms(a), so a head's share of the residual is about ``g * (W_O,lj ā_lj) / rms(a_l)``: the norm's gain, with
 its scale frozen at the layer's typical attention output (the mean rms of a_l at the last token of the
 clean prompts). Without it the terms are 100-1000x too small on gemma-3-270m. The norm module itself
-computes the gain (:func:`taskvec.heads.sites.frozen_norm`), and it is checked to be RMS-type.
+computes the gain (:func:`taskvec.models.head_sites.frozen_norm`), and it is checked to be RMS-type.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution, MeanHeadOutputs, top_heads
 from taskvec.heads.hooks import add_to_block_output
-from taskvec.heads.sites import check_rms_type, frozen_norm, head_sites
+from taskvec.models.head_sites import head_sites, project_heads
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -73,30 +73,6 @@ def head_contributions(lm: LoadedModel, means: MeanHeadOutputs, heads: Sequence[
     """Each head's mean output in residual-stream space (len(heads), H), post-attention norms folded in."""
     values = torch.stack([means.means[li, j] for li, j in heads])[None]
     return project_heads(lm, values, heads, means.attention_rms)[0]
-
-
-@torch.no_grad()
-def project_heads(
-    lm: LoadedModel, values: torch.Tensor, heads: Sequence[tuple[int, int]], attention_rms: torch.Tensor
-) -> torch.Tensor:
-    """Head outputs ``values`` (S, len(heads), head_dim) in residual-stream space (S, len(heads), H): each
-    through its head's block of the output projection, then the post-attention norm frozen at
-    ``attention_rms[layer]`` (the layer's typical attention-output rms on clean prompts) where there is one."""
-    sites = head_sites(lm)
-    columns = []
-    for c, (li, j) in enumerate(heads):
-        site = sites[li]
-        weight = site.head_weight(j).float()  # (head_dim, H)
-        term = values[:, c].float().to(weight.device) @ weight
-        if site.post_norm is not None:
-            check_rms_type(site.post_norm, term.shape[-1], li)
-            term = frozen_norm(site.post_norm, term.to(_device(site.post_norm)), attention_rms[li])
-        columns.append(term.float().cpu())
-    return torch.stack(columns, dim=1)
-
-
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters(), torch.empty(0)).device
 
 
 def function_vector(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from taskvec.engine.hooks import hidden_of, registered, with_hidden
-from taskvec.heads.sites import HeadSite
+from taskvec.models.head_sites import HeadSite
 
 
 @contextmanager

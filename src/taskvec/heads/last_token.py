@@ -26,8 +26,8 @@ from taskvec.engine.interventions import intervene
 from taskvec.engine.shared_prefix import fork_cache, last_token_rows
 from taskvec.errors import TaskvecError
 from taskvec.heads.hooks import HeadPatch, patch_heads
-from taskvec.heads.sites import HeadSite, head_sites
 from taskvec.models.adapter import returned_cache
+from taskvec.models.head_sites import HeadSite, head_sites
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)

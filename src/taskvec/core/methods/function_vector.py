@@ -4,7 +4,7 @@ Given a head set (chosen by head attribution, :mod:`taskvec.heads.attribution`),
 demonstration set is the sum over those heads of their mean last-token output on the set's ICL prompts (its
 demonstrations followed by each dummy query, as for the task vector), each pushed through its head's block
 of the attention output projection (and the post-attention norm where the family has one, frozen at the
-layer's typical scale: :func:`taskvec.heads.function_vector.project_heads`). It is applied by *adding*
+layer's typical scale: :func:`taskvec.models.head_sites.project_heads`). It is applied by *adding*
 ``scale`` times the vector to block L's output at the last token of the bare query prompt.
 
 The vector does not depend on the layer it is added at: :meth:`FunctionVectorMethod.vectors` repeats it
@@ -21,7 +21,7 @@ from taskvec.core.interfaces import DemoSet, Executor
 from taskvec.core.methods.task_vector import group_means, owners
 from taskvec.core.sites import Add, Site
 from taskvec.errors import TaskvecError
-from taskvec.heads.function_vector import project_heads
+from taskvec.models.head_sites import project_heads
 from taskvec.prompts import PromptTemplate
 
 

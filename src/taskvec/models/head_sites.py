@@ -21,6 +21,7 @@ No model names are checked. The probe is run once per model and remembered.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -213,3 +214,27 @@ def check_rms_type(norm: nn.Module, hidden: int, layer: int) -> None:
             f"block {layer}: the norm after attention ({type(norm).__name__}) is not an RMS-type norm; "
             "expected N(x) * rms(x) linear in x to fold it into a function vector"
         )
+
+
+@torch.no_grad()
+def project_heads(
+    lm: LoadedModel, values: torch.Tensor, heads: Sequence[tuple[int, int]], attention_rms: torch.Tensor
+) -> torch.Tensor:
+    """Head outputs ``values`` (S, len(heads), head_dim) in residual-stream space (S, len(heads), H): each
+    through its head's block of the output projection, then the post-attention norm frozen at
+    ``attention_rms[layer]`` (the layer's typical attention-output rms on clean prompts) where there is one."""
+    sites = head_sites(lm)
+    columns = []
+    for c, (li, j) in enumerate(heads):
+        site = sites[li]
+        weight = site.head_weight(j).float()  # (head_dim, H)
+        term = values[:, c].float().to(weight.device) @ weight
+        if site.post_norm is not None:
+            check_rms_type(site.post_norm, term.shape[-1], li)
+            term = frozen_norm(site.post_norm, term.to(_device(site.post_norm)), attention_rms[li])
+        columns.append(term.float().cpu())
+    return torch.stack(columns, dim=1)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
