@@ -164,3 +164,8 @@ def test_apply_in_another_template_with_each_decoding(model_dir, demos, tmp_path
         assert [r["answer"] for r in shown["results"]] == api
     assert main(["apply", str(out), "--query", "q", "--template", "Q: x A:"]) == 2
     assert "has no {input}" in capsys.readouterr().err
+    # --stop demos: the demonstrated answers in the file are single letters (no comma, one token), so every
+    # answer has at most 2 tokens and no comma.
+    assert main(["apply", str(out), "--query", "q", "r", "--max-new-tokens", "6", "--stop", "demos", "--json"]) == 0
+    answers = [r["answer"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert all(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) <= 2 and "," not in a for a in answers)

@@ -53,7 +53,9 @@ def test_evaluate_multitoken_scores_each_group_on_full_answers():
         assert [entry[m]["n"] for m in METHODS] == [5, 5, 5]
         for example in entry["examples"]:
             assert (len(example["gold"]) == 1) == (group == "1")
-        assert set(entry["variants"]) == set(VARIANTS) | {"icl_newline", "icl_format", "zero_newline", "zero_format"}
+        assert set(entry["variants"]) == set(VARIANTS) | {
+            f"{m}_{s}" for m in ("icl", "zero") for s in ("newline", "format", "demos")
+        }
         for name, scores in entry["variants"].items():
             hits = sum(e[name] == e["gold"] for e in entry["examples"])
             assert scores["exact"]["accuracy"] == hits / 5
@@ -113,3 +115,14 @@ def test_decoding_modes_apply_the_vector_at_generated_positions(kind):
         assert isinstance(e, Add) and torch.allclose(e.value, v - h, atol=1e-5)
     with pytest.raises(TaskvecError, match="decoding mode 'sometimes'"):
         step_edits(executor, prompts, first, "sometimes")
+
+
+def test_stop_rule_from_demonstrations_cuts_at_unseen_punctuation_and_length():
+    rule = StopRule.from_demonstrations(DEFAULT_TEMPLATE, ["Paris", "Buenos Aires", "St. John's"], [1, 3, 4])
+    assert "," in rule.stop_strings and "." not in rule.stop_strings and rule.max_tokens == 5
+    assert rule.cut("Cape Town, South Africa") == "Cape Town"
+    lm = make_tiny_model("llama")
+    capped = StopRule(eos=False, stop_strings=(), special=False, max_tokens=2)
+    from taskvec.engine.generation import generate_ids
+
+    assert [len(r) for r in generate_ids(lm, ["example:a->", "example:b->"], 6, stop=capped)] == [2, 2]

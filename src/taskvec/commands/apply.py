@@ -30,13 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "chat template, the query as the user turn); default: the template stored with the vector",
     )  # fmt: skip
     parser.add_argument(
-        "--decoding", default="every_delta", choices=("first", "every_replace", "every_delta"),
-        help="with --max-new-tokens > 1: where the vector acts while decoding (first: the paper's single patch; "
-             "every_delta: its shift added at every generated token)",
+        "--decoding", default="first", choices=("first", "every_replace", "every_delta"),
+        help="with --max-new-tokens > 1: where the vector acts while decoding (first: the paper's single patch, "
+             "measured best; every_delta: its shift also added at every generated token)",
     )  # fmt: skip
-    parser.add_argument("--stop", default="format", choices=("format", "newline"),
-                        help="format: an answer ends at a newline or where the template's own text starts; "
-                             "newline: at a newline only (special tokens always end it)")  # fmt: skip
+    parser.add_argument(
+        "--stop", default="format", choices=("format", "demos", "newline"),
+        help="format: an answer ends at a newline or where the template's own text starts; demos: also at "
+             "punctuation no demonstration in the file has, and one token after the longest demonstrated answer; "
+             "newline: at a newline only (special tokens always end it)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     add_dtype_argument(parser)
@@ -66,7 +69,6 @@ def read_queries(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     from taskvec.api.patching import template_of
     from taskvec.api.task_vector import TaskVector
-    from taskvec.core.answering import stop_rule
     from taskvec.engine.generation import check_max_new_tokens
     from taskvec.models.loading import check_model_spec, load_model
 
@@ -87,8 +89,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"loading {model} ...", file=sys.stderr)
     lm = load_model(model, dtype=args.dtype)
     template = query_template(args.template, lm, template_of(tv))
+    stop = file_stop_rule(args.stop, tv, lm, template)
     answers = tv.apply(lm, queries, args.max_new_tokens, layer=args.layer, batch_size=args.batch_size,
-                       template=template, mode=args.decoding, stop=stop_rule(args.stop, template))  # fmt: skip
+                       template=template, mode=args.decoding, stop=stop)  # fmt: skip
     layer = tv.layer if args.layer is None else args.layer
     if args.json:
         print(json.dumps({"task_vector": args.task_vector, "method": tv.method, "operation": tv.operation,
@@ -121,3 +124,18 @@ def query_template(spec: str | None, lm, stored):
     if "{input}" not in spec:
         raise TaskvecError(f"--template {spec!r} has no {{input}}; expected e.g. 'Q: {{input}}\\nA:' or 'chat'")
     return replace(stored, query=spec.replace("\\n", "\n"))  # a typed backslash-n is a newline
+
+
+def file_stop_rule(name: str, tv, lm, template):
+    """The stop rule ``name``; ``demos`` reads the demonstrated answers recorded in the vector file."""
+    from taskvec.core.answering import stop_rule
+
+    if name != "demos":
+        return stop_rule(name, template)
+    sets = tv.metadata.get("demonstration_sets") or ([tv.metadata["demonstrations"]]
+                                                     if tv.metadata.get("demonstrations") else [])  # fmt: skip
+    answers = [str(pair[1]) for demos in sets for pair in demos]
+    if not answers:
+        raise TaskvecError("--stop demos: this vector file records no demonstrations; use --stop format")
+    counts = [len(lm.tokenizer(template.answer_prefix + a, add_special_tokens=False)["input_ids"]) for a in answers]
+    return stop_rule("demos", template, answers, counts)

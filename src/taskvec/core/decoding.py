@@ -29,6 +29,7 @@ class StopRule:
     eos: bool = True
     stop_strings: tuple[str, ...] = ("\n",)
     special: bool = True
+    max_tokens: int | None = None  # at most this many tokens per answer (None: ``max_new_tokens`` decides)
 
     def cut(self, text: str) -> str:
         for stop in self.stop_strings:
@@ -43,6 +44,23 @@ class StopRule:
         before, _, after = template.query.partition("{input}")
         parts = [template.separator, before.strip(), after.strip()]
         return cls(stop_strings=tuple(dict.fromkeys(p for p in parts if p)))
+
+    @classmethod
+    def from_demonstrations(
+        cls, template: PromptTemplate, answers: Sequence[str], token_counts: Sequence[int]
+    ) -> StopRule:
+        """:meth:`from_template`, plus what the demonstrated answers show: a punctuation mark that no
+        demonstrated answer contains ends an answer (``Cape Town, South Africa`` stops at the comma when no
+        demonstration has one), and an answer has at most one token more than the longest demonstrated one
+        (``token_counts``: the demonstrated answers' lengths in tokens)."""
+        base = cls.from_template(template)
+        unseen = [mark for mark in ANSWER_MARKS if not any(mark in a for a in answers)]
+        longest = max(token_counts) + 1 if token_counts else None
+        return cls(stop_strings=(*base.stop_strings, *unseen), max_tokens=longest)
+
+
+#: Punctuation that ends an answer when no demonstrated answer contains it (:meth:`StopRule.from_demonstrations`).
+ANSWER_MARKS = (",", ";", " (", ".", ":", "!", "?")
 
 
 #: Added tokens not marked special that are control markers all the same (``<start_of_image>`` in gemma-3's

@@ -102,6 +102,8 @@ def generate_ids(
     the first forward and ``step_edits[i]`` on each later one (the generated token's position);
     ``patch_layers``/``patch_vectors`` are short for replacing block outputs there."""
     check_max_new_tokens(max_new_tokens)
+    if stop.max_tokens is not None:
+        max_new_tokens = max(1, min(max_new_tokens, stop.max_tokens))
     rows = encode(lm, prompts)
     if patch_layers is not None and patch_vectors is not None:
         edits = replacements(check_layers(lm, patch_layers), patch_vectors)

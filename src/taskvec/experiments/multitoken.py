@@ -8,9 +8,10 @@ the regular-ICL prompt. The layer is chosen on dev queries by the first generate
 an accepted answer). Every method decodes greedily up to ``max_new_tokens``.
 
 Variants (:mod:`taskvec.core.answering`): where the vector is applied while decoding (``first``,
-``every_replace``, ``every_delta``), the stop rule (``newline``, ``format``) and the scale ``alpha``; ICL and
-zero-shot are decoded with both stop rules. Scored by exact match (the output or a listed alternative) and
-token F1 (lower-cased whitespace tokens, best over accepted answers).
+``every_replace``, ``every_delta``), the stop rule (``newline``, ``format``, ``demos``: the demonstrated
+answers' punctuation and length, taken from all demonstrations of the group's sets) and the scale
+``alpha``; ICL and zero-shot are decoded with every stop rule. Scored by exact match (the output or a listed
+alternative) and token F1 (lower-cased whitespace tokens, best over accepted answers).
 
 Prompts in other words: the task vector extracted with the paper's template is patched (at the same layer)
 into queries written in other templates (``Q: x\\nA:``, ...); first-token accuracy (knowledge-style prefix
@@ -43,6 +44,7 @@ METHODS = ("task_vector", "regular", "zero_shot")
 VARIANTS = {
     "tv_first_newline": ("first", "newline", 1.0),  # the paper's patch, the old decoding
     "tv_first_format": ("first", "format", 1.0),
+    "tv_first_demos": ("first", "demos", 1.0),
     "tv_every_replace_format": ("every_replace", "format", 1.0),
     "tv_every_delta_format": ("every_delta", "format", 1.0),
     "tv_every_delta_format_a0.5": ("every_delta", "format", 0.5),
@@ -157,13 +159,17 @@ def _answers(executor: Executor, template: PromptTemplate, sets, layer: int, con
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
     thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
     first = [TASK_VECTOR.edit(layer, v) for v in thetas]
+    shown = [y for s in sets for _, y in s.demo_tuples]  # the demonstrated answers (for the "demos" rule)
+    tokenizer = executor.lm.tokenizer
+    counts = [len(tokenizer(template.answer_prefix + y, add_special_tokens=False)["input_ids"]) for y in shown]
     out: dict[str, list[str]] = {}
     for name in config.variants:
         mode, stop, alpha = VARIANTS[name]
         steps = step_edits(executor, prompts, first, mode, alpha)
-        out[name] = executor.generate(prompts, config.max_new_tokens, first, stop_rule(stop, template), steps)
-    for stop in ("newline", "format"):
-        rule = stop_rule(stop, template)
+        rule = stop_rule(stop, template, shown, counts)
+        out[name] = executor.generate(prompts, config.max_new_tokens, first, rule, steps)
+    for stop in ("newline", "format", "demos"):
+        rule = stop_rule(stop, template, shown, counts)
         out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rule)
         out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rule)
     return out
