@@ -71,8 +71,6 @@ def extract_task_vector(
     vectors = TASK_VECTOR.from_prompts(executor, [prompts], range(lm.num_layers))[0]
     metadata = {
         **model_metadata(lm),
-        "method": "task_vector",
-        "operation": "replace",
         "template": template.to_dict(),
         "demonstrations": [list(d) for d in demonstrations],
         "demonstrations_sha256": sha256_of_json([list(d) for d in demonstrations]),

@@ -216,6 +216,9 @@ class TaskVector:
             )
         for key in _FILE_KEYS:
             meta.pop(key, None)
+        if (method, operation) == ("task_vector", "replace"):  # the default: implied, as in files before format 3
+            meta.pop("method", None)
+            meta.pop("operation", None)
         return cls(vectors=vectors.float(), layer=layer, metadata=meta)
 
 
