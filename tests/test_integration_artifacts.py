@@ -52,7 +52,7 @@ def test_saved_vector_answers_multi_token_capitals(gemma, capitals, tmp_path):
 def test_cached_generation_equals_full_forwards_on_the_real_model(gemma, capitals):
     prompts = ["example:Peru->", "example:Kenya->", "example:New Zealand->"]
     layer = capitals.layer
-    got = generate_ids(gemma, prompts, 4, stop=StopRule(eos=False, stop_strings=()),
+    got = generate_ids(gemma, prompts, 4, stop=StopRule(eos=False, stop_strings=(), special=False),
                        patch_layers=[layer] * 3, patch_vectors=capitals.at(layer).expand(3, -1))  # fmt: skip
     for prompt, row in zip(prompts, got):
         ids = encode(gemma, [prompt])[0]
