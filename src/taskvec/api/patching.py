@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from taskvec.api.compat import VectorsWithMetadata, check_compatible
-from taskvec.core.answering import DEFAULT_MODE, step_edits
+from taskvec.core.answering import DEFAULT_MODE, step_edits, stop_rule
 from taskvec.core.decoding import StopRule, decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR
@@ -95,13 +95,31 @@ def apply_generate(
     """Answers to ``queries`` with ``task_vector`` patched at ``layer`` (default: its stored layer),
     decoded greedily up to ``max_new_tokens`` tokens.
 
-    ``template``: how the queries are written (default: the vector's own template). ``stop``: default, the
-    template's format (:meth:`StopRule.from_template`: a newline, or the template's own text, ends an
-    answer; special tokens never enter one). ``mode``: where the vector acts while decoding
-    (:mod:`taskvec.core.answering`; default ``every_delta``, measured best for multi-token answers; ``first``
-    is the paper's single patch). With one token the mode makes no difference."""
+    ``template``: how the queries are written (default: the vector's own template). ``stop``: default
+    :func:`default_stop_rule` (a newline or the template's own text ends an answer, and so do punctuation no
+    demonstrated answer has and one token past the longest demonstrated answer; special tokens never enter
+    one). ``mode``: where the vector acts while decoding (:mod:`taskvec.core.answering`; default ``first``,
+    the paper's single patch, measured best). With one token the mode makes no difference."""
     template = template or template_of(task_vector)
     prompts, edits = patch_inputs(lm, task_vector, queries, layer, template)
     executor = executor or make_executor(lm, "fast", batch_size)
     steps = step_edits(executor, prompts, edits, mode) if max_new_tokens > 1 else None
-    return executor.generate(prompts, max_new_tokens, edits, stop or StopRule.from_template(template), steps)
+    stop = stop or default_stop_rule(lm, task_vector, template)
+    return executor.generate(prompts, max_new_tokens, edits, stop, steps)
+
+
+def demonstrated_answers(task_vector: VectorsWithMetadata) -> list[str]:
+    """The answers of the demonstrations a vector was extracted from (recorded in its metadata), if any."""
+    meta = task_vector.metadata
+    sets = meta.get("demonstration_sets") or ([meta["demonstrations"]] if meta.get("demonstrations") else [])
+    return [str(pair[1]) for demos in sets for pair in demos if isinstance(pair, (list, tuple)) and len(pair) == 2]
+
+
+def default_stop_rule(lm: LoadedModel, task_vector: VectorsWithMetadata, template: PromptTemplate) -> StopRule:
+    """``demos`` (the template's format, plus the punctuation and length of the demonstrated answers: the best
+    stop rule measured, docs/multitoken.md) when the vector records its demonstrations, else ``format``."""
+    answers = demonstrated_answers(task_vector)
+    if not answers:
+        return stop_rule("format", template)
+    counts = [len(lm.tokenizer(template.answer_prefix + a, add_special_tokens=False)["input_ids"]) for a in answers]
+    return stop_rule("demos", template, answers, counts)

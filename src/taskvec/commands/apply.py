@@ -35,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "measured best; every_delta: its shift also added at every generated token)",
     )  # fmt: skip
     parser.add_argument(
-        "--stop", default="format", choices=("format", "demos", "newline"),
+        "--stop", default="auto", choices=("auto", "demos", "format", "newline"),
         help="format: an answer ends at a newline or where the template's own text starts; demos: also at "
              "punctuation no demonstration in the file has, and one token after the longest demonstrated answer; "
-             "newline: at a newline only (special tokens always end it)",
+             "newline: at a newline only (special tokens always end it); auto: demos when the file records "
+             "demonstrations, else format",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
@@ -127,15 +128,15 @@ def query_template(spec: str | None, lm, stored):
 
 
 def file_stop_rule(name: str, tv, lm, template):
-    """The stop rule ``name``; ``demos`` reads the demonstrated answers recorded in the vector file."""
+    """The stop rule ``name``; ``demos`` reads the demonstrated answers recorded in the vector file (the
+    default: ``demos`` when the file has them, else ``format``)."""
+    from taskvec.api.patching import default_stop_rule, demonstrated_answers
     from taskvec.core.answering import stop_rule
 
-    if name != "demos":
-        return stop_rule(name, template)
-    sets = tv.metadata.get("demonstration_sets") or ([tv.metadata["demonstrations"]]
-                                                     if tv.metadata.get("demonstrations") else [])  # fmt: skip
-    answers = [str(pair[1]) for demos in sets for pair in demos]
-    if not answers:
-        raise TaskvecError("--stop demos: this vector file records no demonstrations; use --stop format")
-    counts = [len(lm.tokenizer(template.answer_prefix + a, add_special_tokens=False)["input_ids"]) for a in answers]
-    return stop_rule("demos", template, answers, counts)
+    if name == "demos":
+        if not demonstrated_answers(tv):
+            raise TaskvecError("--stop demos: this vector file records no demonstrations; use --stop format")
+        return default_stop_rule(lm, tv, template)
+    if name == "auto":
+        return default_stop_rule(lm, tv, template)
+    return stop_rule(name, template)

@@ -13,7 +13,8 @@ Stop rules (:class:`taskvec.core.decoding.StopRule`): ``newline`` (EOS, special 
 says the next demonstration begins) and ``demos`` (also punctuation no demonstrated answer contains, and at
 most one token more than the longest demonstrated answer). Measured with ``taskvec multitoken``
 (docs/multitoken.md): adding the vector at generated positions made answers worse on gemma-3-270m, so the
-default mode is the paper's single patch.
+default mode is the paper's single patch; ``demos`` was the best stop rule (the default where the
+demonstrations are known).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MODES = ("first", "every_replace", "every_delta")
 STOPS = ("newline", "format", "demos")
 #: The default of ``taskvec apply`` and the API (chosen by the measurement in docs/multitoken.md).
 DEFAULT_MODE = "first"
-DEFAULT_STOP_RULE = "format"
+DEFAULT_STOP_RULE = "demos"
 
 
 def stop_rule(
