@@ -1,5 +1,6 @@
 """Multi-token answers on the default model: exact match of the full answer, task vector vs regular ICL vs
-zero-shot, for answers of one token and of two or more (see taskvec.experiments.multitoken).
+zero-shot, for answers of one token and of two or more (see taskvec.experiments.multitoken; `taskvec
+multitoken` runs the same evaluation with every variant, files and a report).
 
     python bench/bench_multitoken.py [--model gemma-3-270m] [--tasks country_capital,...] [--n-test 30]
                                      [--max-new-tokens 10] [--seed 41] [--json out.json]
@@ -16,7 +17,7 @@ import sys
 import time
 
 import taskvec
-from taskvec.experiments.multitoken import METHODS, MultiTokenConfig, evaluate_multitoken
+from taskvec.experiments.multitoken import DEFAULT_VARIANT, METHODS, MultiTokenConfig, evaluate_multitoken
 from taskvec.tasks.registry import builtin_task
 
 DEFAULT_TASKS = "country_capital,location_continent,en_fr,en_es,en_it"
@@ -63,7 +64,7 @@ def main() -> int:
     for r in results:
         examples = r["groups"].get("2+", {}).get("examples", [])[:3]
         for e in examples:
-            print(f"  {r['task']}: {e['query']!r}: {e['gold']!r} | {e['task_vector']!r} | {e['regular']!r}")
+            print(f"  {r['task']}: {e['query']!r}: {e['gold']!r} | {e[DEFAULT_VARIANT]!r} | {e['icl_format']!r}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"model": args.model, "config": vars(config), "seconds": seconds, "results": results}, fh,
