@@ -1,6 +1,7 @@
 """The analyses on the real default model (gemma-3-270m), at small sizes. Marked `integration`.
 
-Layers are fixed (9 and 11: best layers of the reference run, docs/results/protocol1/gemma-3-270m) so that no sweep runs.
+Layers are fixed (9 and 11: best layers of the protocol-1 reference run, docs/results/protocol1/gemma-3-270m)
+so that no sweep runs.
 """
 
 from __future__ import annotations

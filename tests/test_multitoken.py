@@ -126,3 +126,17 @@ def test_stop_rule_from_demonstrations_cuts_at_unseen_punctuation_and_length():
     from taskvec.engine.generation import generate_ids
 
     assert [len(r) for r in generate_ids(lm, ["example:a->", "example:b->"], 6, stop=capped)] == [2, 2]
+
+
+def test_function_vector_variants_and_templates_when_asked(tmp_path):
+    from taskvec.experiments.multitoken_run import run_multitoken
+
+    lm = make_tiny_model("gemma3")
+    config = MultiTokenConfig(n_dev=4, n_test=3, max_new_tokens=3, with_fv=True, templates=("paper", "qa"))
+    results = run_multitoken("tiny", [TASK], config, tmp_path, lm=lm)
+    task = results["tasks"]["mixed"]
+    assert 0 <= task["function_vector"]["layer"] < lm.num_layers and task["function_vector"]["k"] >= 1
+    for entry in task["groups"].values():
+        assert {"fv_first_demos", "fv_every_demos"} <= set(entry["variants"])
+    assert all("function_vector" in g for t in task["templates"].values() for g in t["groups"].values())
+    assert "Function vector" in (tmp_path / "report.md").read_text()

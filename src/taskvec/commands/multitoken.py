@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-test", type=int, default=30, help="test queries per answer length (1 token, 2+)")
     parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens decoded at most")
     parser.add_argument("--seed", type=int, default=41, help="sampling seed")
+    parser.add_argument(
+        "--with-fv", action="store_true",
+        help="also a function vector per task (head attribution and dev choice: minutes per task)",
+    )  # fmt: skip
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/multitoken-<model>)")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     check_model_spec(args.model)
     out = Path(args.out) if args.out else Path("taskvec-runs") / f"multitoken-{Path(args.model).name}"
     config = MultiTokenConfig(shots=args.shots, n_dev=args.n_dev, n_test=args.n_test,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, with_fv=args.with_fv)  # fmt: skip
     bars = []
 
     def progress(task: str, done: int, total: int) -> None:

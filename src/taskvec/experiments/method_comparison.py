@@ -81,20 +81,27 @@ def shuffled(examples: Sequence[IclExample], rng: random.Random) -> list[IclExam
     return out
 
 
-def scorer(prepared: PreparedTask, sets: Sequence[EvalSet]):
-    """Accuracy of predictions for ``sets``' queries under the task's scoring rule."""
+def scorer(prepared: PreparedTask, sets: Sequence[EvalSet], scoring: str | None = None):
+    """Accuracy of predictions for ``sets``' queries under the task's scoring rule (or ``scoring``)."""
+    rule = scoring or prepared.task.scoring
 
     def score(predictions: Sequence[str]) -> float:
-        ok = [is_correct(p, s.query, prepared.task.scoring) for p, s in zip(predictions, sets)]
+        ok = [is_correct(p, s.query, rule) for p, s in zip(predictions, sets)]
         return sum(ok) / max(1, len(ok))
 
     return score
 
 
 def choose_function_vector(
-    executor: Executor, prepared: PreparedTask, dev: Sequence[EvalSet], settings: FvSettings, rng: random.Random
+    executor: Executor,
+    prepared: PreparedTask,
+    dev: Sequence[EvalSet],
+    settings: FvSettings,
+    rng: random.Random,
+    scoring: str | None = None,
 ) -> TaskFunctionVector:
-    """Attribution on the dev sets' ICL prompts, then the (layer, k, scale) with the best dev accuracy."""
+    """Attribution on the dev sets' ICL prompts, then the (layer, k, scale) with the best dev accuracy (the
+    task's scoring rule, or ``scoring``: e.g. ``prefix`` for the first token of multi-token answers)."""
     lm, template = executor.lm, prepared.template
     clean = icl_examples(dev)
     with stage("fv_attribution"):
@@ -103,7 +110,8 @@ def choose_function_vector(
     with stage("fv_selection"):
         fv = select_function_vector(lm, attribution, template, [s.query.input for s in dev],
                                     [s.query.output for s in dev], ks=settings.ks, scales=settings.scales,
-                                    scorer=scorer(prepared, dev), refine_layers=settings.refine_layers)  # fmt: skip
+                                    scorer=scorer(prepared, dev, scoring),
+                                    refine_layers=settings.refine_layers)  # fmt: skip
     by_layer = [max(g["dev_accuracy"] for g in fv.selection["grid"] if g["layer"] == layer)
                 for layer in range(lm.num_layers)]  # fmt: skip
     method = FunctionVectorMethod(fv.heads, attribution.mean_outputs.attention_rms, fv.scale)

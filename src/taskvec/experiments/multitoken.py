@@ -30,6 +30,8 @@ from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
 from taskvec.core.methods import TASK_VECTOR
+from taskvec.core.sites import Add, Site
+from taskvec.experiments.method_comparison import FvSettings, choose_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.prompts import PromptTemplate
 from taskvec.runtime import make_executor
@@ -71,6 +73,7 @@ class MultiTokenConfig:
     batch_size: int = 32
     variants: tuple[str, ...] = tuple(VARIANTS)
     templates: tuple[str, ...] = tuple(OTHER_TEMPLATES)
+    with_fv: bool = False  # also a function vector per task (chosen on the dev queries' first tokens)
     extra: dict = field(default_factory=dict)
 
 
@@ -128,15 +131,21 @@ def evaluate_multitoken(
         ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(firsts, dev_sets)]
         dev_accuracy.append(sum(ok) / len(ok))
     layer = best_layer(dev_accuracy)
+    fv = None
+    if config.with_fv:
+        chosen = choose_function_vector(executor, prepared, dev_sets, FvSettings(), rng, scoring="prefix")
+        fv = Add(Site(chosen.fv.layer), chosen.fv.scale * chosen.fv.vector)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
                     "answer_prefix": template.answer_prefix, "default_variant": DEFAULT_VARIANT,
                     "groups": {}, "templates": {}}  # fmt: skip
+    if fv is not None:
+        result["function_vector"] = {k: v for k, v in chosen.to_dict().items() if k != "attribution"}
     for group, queries in test_queries.items():
         if not queries:
             continue
         sets = build_sets(pairs, queries, config.shots, config.n_dummy, rng)
-        answers = _answers(executor, template, sets, layer, config)
+        answers = _answers(executor, template, sets, layer, config, fv)
         exact = {m: [a in _accepted(q) for a, q in zip(found, queries)] for m, found in answers.items()}
         f1 = {m: [token_f1(a, q) for a, q in zip(found, queries)] for m, found in answers.items()}
         named = {"task_vector": DEFAULT_VARIANT, "regular": "icl_format", "zero_shot": "zero_format"}
@@ -147,14 +156,17 @@ def evaluate_multitoken(
                          for i, q in enumerate(queries)],
         }  # fmt: skip
         for name in config.templates:
-            transfer = _in_other_words(executor, template, sets, layer, OTHER_TEMPLATES[name])
+            transfer = _in_other_words(executor, template, sets, layer, OTHER_TEMPLATES[name], fv)
             entry = result["templates"].setdefault(name, {"query": OTHER_TEMPLATES[name], "groups": {}})
             entry["groups"][group] = {m: accuracy_entry(ok) for m, ok in transfer.items()}
     return result
 
 
-def _answers(executor: Executor, template: PromptTemplate, sets, layer: int, config: MultiTokenConfig) -> dict:
-    """Decoded answers of every variant and of ICL / zero-shot under both stop rules."""
+def _answers(
+    executor: Executor, template: PromptTemplate, sets, layer: int, config: MultiTokenConfig, fv: Add | None = None
+) -> dict:
+    """Decoded answers of every variant and of ICL / zero-shot under every stop rule (and, with ``fv``, the
+    function vector added at the prompt's last position only, and at every generated token too)."""
     prompts = [template.query_prompt(s.query.input) for s in sets]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
     thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
@@ -168,6 +180,11 @@ def _answers(executor: Executor, template: PromptTemplate, sets, layer: int, con
         steps = step_edits(executor, prompts, first, mode, alpha)
         rule = stop_rule(stop, template, shown, counts)
         out[name] = executor.generate(prompts, config.max_new_tokens, first, rule, steps)
+    if fv is not None:
+        rule = stop_rule("demos", template, shown, counts)
+        added = [fv] * len(prompts)
+        out["fv_first_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule)
+        out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule, added)
     for stop in ("newline", "format", "demos"):
         rule = stop_rule(stop, template, shown, counts)
         out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rule)
@@ -175,7 +192,9 @@ def _answers(executor: Executor, template: PromptTemplate, sets, layer: int, con
     return out
 
 
-def _in_other_words(executor: Executor, template: PromptTemplate, sets, layer: int, query: str) -> dict:
+def _in_other_words(
+    executor: Executor, template: PromptTemplate, sets, layer: int, query: str, fv: Add | None = None
+) -> dict:
     """First-token correctness (prefix rule) in the template ``query`` of: zero-shot, ICL (demonstrations in
     that template) and the task vector extracted with the paper's template, patched at ``layer``."""
     other = PromptTemplate(query=query, separator=template.separator, answer_prefix=template.answer_prefix
@@ -189,6 +208,8 @@ def _in_other_words(executor: Executor, template: PromptTemplate, sets, layer: i
         "regular": executor.predict(icl).ids,
         "zero_shot": executor.predict(prompts, short=True).ids,
     }
+    if fv is not None:
+        found["function_vector"] = executor.predict(prompts, [fv] * len(prompts), short=True).ids
     return {m: [any(prefix_match(p, a) for a in _accepted(s.query)) for p, s in zip(decode_predictions(lm, ids),
                                                                                         sets)]
             for m, ids in found.items()}  # fmt: skip

@@ -61,11 +61,12 @@ def tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     rows = []
     for name, by_group in summary["templates"].items():
         for group, means in sorted(by_group.items()):
-            rows.append([name, group, _f(means.get("task_vector")), _f(means.get("regular")),
-                         _f(means.get("zero_shot"))])  # fmt: skip
+            rows.append([name, group, _f(means.get("task_vector")), _f(means.get("function_vector")),
+                         _f(means.get("regular")), _f(means.get("zero_shot"))])  # fmt: skip
     if rows:
         heading = "Prompts in other words: first-token accuracy (prefix rule), task vector from the paper's template"
-        out.append((heading, ["Query template", "Answer tokens", "Task vector", "ICL", "Zero-shot"], rows))
+        out.append((heading, ["Query template", "Answer tokens", "Task vector", "Function vector", "ICL", "Zero-shot"],
+                    rows))  # fmt: skip
     per_task = []
     for name, result in results["tasks"].items():
         for group, entry in sorted(result["groups"].items()):
