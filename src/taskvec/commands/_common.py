@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 
 from taskvec.errors import TaskvecError
 from taskvec.models.registry import BUNDLED_MODELS, DEFAULT_MODEL
@@ -55,3 +58,25 @@ def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
         "--batch-size", default=32,
         help="prompts per forward pass, or auto: start high (256 on a GPU, 32 on the CPU) and halve on out-of-memory",
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def task_progress(desc: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(task, done, total)`` callback drawing one bar of tasks (created at the first call, so
+    that errors before it print alone), closed on exit."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def progress(task: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="task", desc=desc, file=sys.stderr))
+        bars[0].n = done
+        bars[0].set_postfix_str(task)
+        bars[0].refresh()
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument, add_threads_argument, require_positive
+from taskvec.commands._common import (
+    add_dtype_argument,
+    add_model_argument,
+    add_threads_argument,
+    require_positive,
+    task_progress,
+)
 from taskvec.errors import TaskvecError
 
 NAME = "heads"
@@ -31,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from taskvec.experiments.heads_run import HeadsConfig, run_heads
     from taskvec.experiments.outdir import check_run_config
     from taskvec.models.loading import check_model_spec
@@ -55,20 +58,8 @@ def run(args: argparse.Namespace) -> None:
                          n_prompts=args.n_prompts, seed=args.seed, dtype=args.dtype)  # fmt: skip
     if out.is_dir():
         check_run_config(out, config.to_dict())
-    bars = []
-
-    def progress(task: str, done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="task", desc=f"heads {args.model}", file=sys.stderr))
-        bars[0].n = done
-        bars[0].set_postfix_str(task)
-        bars[0].refresh()
-
-    try:
+    with task_progress(f"heads {args.model}") as progress:
         results = run_heads(config, out, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     top = ", ".join(f"L{h['layer']}H{h['head']}" for h in results["top_heads"][:5])
     print(f"{args.model}: {len(results['tasks'])} tasks, top heads {top} ({results['timing']['seconds']:.0f} s) "
           f"-> {out}/report.html")  # fmt: skip

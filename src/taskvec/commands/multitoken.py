@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument, add_threads_argument, require_positive
+from taskvec.commands._common import (
+    add_dtype_argument,
+    add_model_argument,
+    add_threads_argument,
+    require_positive,
+    task_progress,
+)
 from taskvec.errors import TaskvecError
 
 NAME = "multitoken"
@@ -37,8 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from taskvec.engine.generation import check_max_new_tokens
     from taskvec.experiments.multitoken import MultiTokenConfig
     from taskvec.experiments.multitoken_run import run_multitoken
@@ -55,20 +59,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("taskvec-runs") / f"multitoken-{Path(args.model).name}"
     config = MultiTokenConfig(shots=args.shots, n_dev=args.n_dev, n_test=args.n_test,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, with_fv=args.with_fv)  # fmt: skip
-    bars = []
-
-    def progress(task: str, done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="task", desc=f"multitoken {args.model}", file=sys.stderr))
-        bars[0].n = done
-        bars[0].set_postfix_str(task)
-        bars[0].refresh()
-
-    try:
+    with task_progress(f"multitoken {args.model}") as progress:
         results = run_multitoken(args.model, tasks, config, out, dtype=args.dtype, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     for group, by_name in sorted(results["summary"]["variants"].items()):
         best = max((n for n in by_name if n.startswith("tv_")), key=lambda n: by_name[n]["exact"] or 0)
         icl = by_name.get("icl_format", {}).get("exact")
