@@ -140,3 +140,14 @@ def test_function_vector_variants_and_templates_when_asked(tmp_path):
         assert {"fv_first_demos", "fv_every_demos"} <= set(entry["variants"])
     assert all("function_vector" in g for t in task["templates"].values() for g in t["groups"].values())
     assert "Function vector" in (tmp_path / "report.md").read_text()
+
+
+def test_asking_for_the_function_vector_leaves_the_task_vector_results_unchanged():
+    lm = make_tiny_model("gemma3")
+    base = MultiTokenConfig(n_dev=4, n_test=3, max_new_tokens=2, templates=("paper",))
+    plain = evaluate_multitoken(lm, TASK, base)
+    with_fv = evaluate_multitoken(lm, TASK, MultiTokenConfig(**{**base.__dict__, "with_fv": True}))
+    for group, entry in plain["groups"].items():
+        assert [e["query"] for e in entry["examples"]] == [e["query"] for e in with_fv["groups"][group]["examples"]]
+        for name in VARIANTS:
+            assert entry["variants"][name] == with_fv["groups"][group]["variants"][name]

@@ -133,7 +133,8 @@ def evaluate_multitoken(
     layer = best_layer(dev_accuracy)
     fv = None
     if config.with_fv:
-        chosen = choose_function_vector(executor, prepared, dev_sets, FvSettings(), rng, scoring="prefix")
+        fv_rng = random.Random(f"{config.seed}:{task.name}:multitoken:fv")  # the test sets do not depend on it
+        chosen = choose_function_vector(executor, prepared, dev_sets, FvSettings(), fv_rng, scoring="prefix")
         fv = Add(Site(chosen.fv.layer), chosen.fv.scale * chosen.fv.vector)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
