@@ -233,6 +233,7 @@ def test_function_vector_build_apply_and_select(family):
     best = max(g["dev_accuracy"] for g in grid)
     first = next(g for g in grid if g["dev_accuracy"] == best)
     assert (chosen.layer, chosen.k, chosen.scale) == (first["layer"], first["k"], first["scale"])
+    assert chosen.selection["none_worked"] == (best == 0)  # flagged when no configuration answered anything
     predictions = apply_function_vector(lm, chosen, queries)
     assert sum(p == a for p, a in zip(predictions, answers)) / 3 == pytest.approx(best)
     control = random_like(chosen, seed=1)

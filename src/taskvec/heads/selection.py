@@ -170,7 +170,11 @@ def select_function_vector(
     layer, k, scale = grid[best]
     logger.info("function vector chosen on %d dev queries: layer %d, k %d, scale %g (dev accuracy %.3f)",
                 len(dev_queries), layer, k, scale, scores[best])  # fmt: skip
+    if scores[best] == 0:
+        logger.warning("no function-vector configuration answered any dev query: the first one (layer %d, k %d, "
+                       "scale %g) is kept, but this task has no working function vector here",
+                       layer, k, scale)  # fmt: skip
     table = {"grid": [{"layer": g[0], "k": g[1], "scale": g[2], "dev_accuracy": a} for g, a in zip(grid, scores)],
-             "best_dev_accuracy": scores[best],
+             "best_dev_accuracy": scores[best], "none_worked": scores[best] == 0,
              "search": f"refine {refine_layers}" if refine_layers else "full"}  # fmt: skip
     return replace(fvs[k], layer=layer, scale=scale, selection=table)
