@@ -13,6 +13,7 @@ from taskvec.commands._common import (
     add_model_argument,
     add_threads_argument,
     require_positive,
+    task_progress,
 )
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin
 from taskvec.errors import TaskvecError
@@ -65,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from taskvec.core.methods import parse_methods
     from taskvec.experiments.backoff import parse_batch_size
     from taskvec.experiments.main_experiment import MainConfig
@@ -111,20 +110,8 @@ def run(args: argparse.Namespace) -> None:
         if finished:
             print(f"resuming the run in {out}: {len(finished)} of {len(task_names)} tasks already done, skipped "
                   f"({', '.join(finished)})", file=sys.stderr)  # fmt: skip
-        bars = []  # created at the first task, so that errors before it print alone
-
-        def progress(task: str, done: int, total: int, bars=bars, model=model) -> None:
-            if not bars:
-                bars.append(tqdm(total=total, unit="task", desc=model, file=sys.stderr))
-            bars[0].n = done
-            bars[0].set_postfix_str(task)
-            bars[0].refresh()
-
-        try:
+        with task_progress(model) as progress:
             results = run_main(config, out, progress=progress, device=device, wait=args.wait)
-        finally:
-            for bar in bars:
-                bar.close()
         mean = results["summary"]["mean"]
         for name, entry in (results["summary"].get("methods") or {}).items():
             print(f"  {name:32s} {entry['accuracy']:.2f} (ICL-correct items {entry['icl_correct'] or 0:.2f})",
