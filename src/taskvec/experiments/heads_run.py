@@ -23,14 +23,7 @@ import numpy as np
 from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.main_experiment import task_rng
 from taskvec.experiments.method_comparison import shuffled
-from taskvec.experiments.outdir import (
-    check_run_config,
-    load_finished_task,
-    probe_writable,
-    remove_stale_temp_files,
-    task_result_path,
-    write_run_config,
-)
+from taskvec.experiments.outdir import each_task, open_run_dir, write_run_config
 from taskvec.experiments.runner import model_info, versions
 from taskvec.heads.attribution import head_attribution
 from taskvec.heads.examples import sample_icl_examples
@@ -70,24 +63,15 @@ def run_heads(
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
     with output_dir_lock(out_dir) as out:
-        probe_writable(out)
-        remove_stale_temp_files(out)
-        resuming = check_run_config(out, config.to_dict())
+        resuming = open_run_dir(out, config.to_dict())
         lm = lm or load_model(config.model, dtype=config.dtype)
         if not resuming:
             write_run_config(out, config.to_dict())
-        per_task: dict[str, dict] = {}
-        for i, task in enumerate(tasks):
-            if progress:
-                progress(task.name, i, len(tasks))
-            path = task_result_path(out, task.name)
-            saved = load_finished_task(path, task.name)
-            if saved is None:
-                saved = {"result": attribute_task(lm, task, config), "predictions": []}
-                write_json_atomic(path, saved)
-            per_task[task.name] = saved["result"]
-        if progress:
-            progress("", len(tasks), len(tasks))
+        saved = each_task(
+            out, [t.name for t in tasks], lambda i: {"result": attribute_task(lm, tasks[i], config), "predictions": []},
+            progress,
+        )  # fmt: skip
+        per_task = {name: s["result"] for name, s in saved.items()}
         results = heads_results(lm, config, per_task, time.perf_counter() - started)
         write_json_atomic(out / "results.json", results)
         write_heads_report(out, results)

@@ -12,14 +12,7 @@ from pathlib import Path
 
 from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.multitoken import MultiTokenConfig, evaluate_multitoken
-from taskvec.experiments.outdir import (
-    check_run_config,
-    load_finished_task,
-    probe_writable,
-    remove_stale_temp_files,
-    task_result_path,
-    write_run_config,
-)
+from taskvec.experiments.outdir import each_task, open_run_dir, write_run_config
 from taskvec.experiments.runner import model_info, versions
 from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic
 from taskvec.models.loading import LoadedModel, load_model
@@ -42,28 +35,19 @@ def run_multitoken(
     wanted = {"command": "multitoken", "model": model, "dtype": dtype, "tasks": [t.name for t in tasks],
               **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}  # fmt: skip
     with output_dir_lock(out_dir) as out:
-        probe_writable(out)
-        remove_stale_temp_files(out)
-        resuming = check_run_config(out, wanted)
+        resuming = open_run_dir(out, wanted)
         lm = lm or load_model(model, dtype=dtype)
         if not resuming:
             write_run_config(out, wanted)
         executor = make_executor(lm, "fast", config.batch_size)
-        per_task = {}
-        for i, task in enumerate(tasks):
-            if progress:
-                progress(task.name, i, len(tasks))
-            path = task_result_path(out, task.name)
-            saved = load_finished_task(path, task.name)
-            if saved is None:
-                result = evaluate_multitoken(lm, task, config, executor=executor)
-                rows = [{"task": task.name, "group": g, **e} for g, entry in result["groups"].items()
-                        for e in entry["examples"]]  # fmt: skip
-                saved = {"result": result, "predictions": rows}
-                write_json_atomic(path, saved)
-            per_task[task.name] = saved
-        if progress:
-            progress("", len(tasks), len(tasks))
+
+        def compute(i: int) -> dict:
+            result = evaluate_multitoken(lm, tasks[i], config, executor=executor)
+            rows = [{"task": tasks[i].name, "group": g, **e} for g, entry in result["groups"].items()
+                    for e in entry["examples"]]  # fmt: skip
+            return {"result": result, "predictions": rows}
+
+        per_task = each_task(out, [t.name for t in tasks], compute, progress)
         results = {
             "command": "multitoken",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

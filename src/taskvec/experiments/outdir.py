@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from taskvec.errors import OutputDirectoryError
@@ -107,3 +108,38 @@ def load_finished_task(path: Path, task_name: str) -> dict | None:
 def finished_task_names(out_dir: Path, task_names: list[str]) -> list[str]:
     """The tasks of ``task_names`` whose results a run in ``out_dir`` has already saved (a resume skips them)."""
     return [name for name in task_names if task_result_path(out_dir, name).is_file()]
+
+
+def open_run_dir(out_dir: Path, wanted: dict) -> bool:
+    """Ready a locked output directory for a run of configuration ``wanted``: checked writable, temporary files
+    of a killed run removed. Returns whether it already holds this configuration's run (False: a new run;
+    another configuration is refused, see :func:`check_run_config`)."""
+    probe_writable(out_dir)
+    remove_stale_temp_files(out_dir)
+    return check_run_config(out_dir, wanted)
+
+
+def each_task(
+    out_dir: Path,
+    names: Sequence[str],
+    compute: Callable[[int], dict],
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict]:
+    """``{name: saved}`` for every task, in order: read back from a finished earlier run, or ``compute(i)``
+    (``{"result", "predictions"}``) written atomically to ``tasks/<task>.json``. Whatever ``compute`` writes
+    beside it (e.g. the task's vectors) is written before the task counts as finished."""
+    saved_by_task: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        if progress:
+            progress(name, i, len(names))
+        path = task_result_path(out_dir, name)
+        saved = load_finished_task(path, name)
+        if saved is not None:
+            logger.info("task %s: already done, resuming from %s", name, path)
+        else:
+            saved = compute(i)
+            write_json_atomic(path, saved)
+        saved_by_task[name] = saved
+    if progress:
+        progress("", len(names), len(names))
+    return saved_by_task

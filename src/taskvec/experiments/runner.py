@@ -21,14 +21,7 @@ from taskvec.engine.accounting import Accounting, accounting, stage
 from taskvec.experiments.backoff import BatchBackoff
 from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
-from taskvec.experiments.outdir import (
-    check_run_config,
-    load_finished_task,
-    probe_writable,
-    remove_stale_temp_files,
-    task_result_path,
-    write_run_config,
-)
+from taskvec.experiments.outdir import each_task, open_run_dir, task_result_path, write_run_config
 from taskvec.experiments.task_agnostic import add_task_agnostic, save_task_vectors, vectors_path
 from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic
 from taskvec.models.loading import LoadedModel, load_model
@@ -86,9 +79,7 @@ def run_main(
     sizes = PoolSizes(config.shots, config.n_dev, config.n_test, config.n_dummy)
     check_pools(task_pools(tasks), sizes)  # every task, before the model loads (the same rule after preparation)
     with output_dir_lock(out_dir, wait=wait) as out, accounting() as work:
-        probe_writable(out)
-        remove_stale_temp_files(out)
-        resuming = check_run_config(out, config.to_dict())
+        resuming = open_run_dir(out, config.to_dict())
         with stage("load"):
             lm = lm or load_model(config.model, dtype=config.dtype, device=device)
         with stage("prepare"):
@@ -112,40 +103,31 @@ def _evaluate_all(
     executor: Executor, prepared: list[PreparedTask], config: MainConfig, out: Path, progress: Progress | None
 ) -> dict[str, dict]:
     """{task name: {"result", "predictions"}}, each task computed or read back from a finished earlier run."""
-    saved_by_task: dict[str, dict] = {}
     lm = executor.lm
     backoff = BatchBackoff(config.batch_size)
-    for i, p in enumerate(prepared):
-        if progress:
-            progress(p.name, i, len(prepared))
-        done_file = task_result_path(out, p.name)
-        saved = load_finished_task(done_file, p.name)
-        if saved is not None:
-            logger.info("task %s: already done, resuming from %s", p.name, done_file)
-        else:
-            vectors: dict = {}
-            result, rows = backoff.run(
-                lambda size, p=p, vectors=vectors: evaluate_task(
-                    lm,
-                    p,
-                    replace(config, batch_size=size),
-                    executor=executor.with_batch_size(size),
-                    vectors_out=vectors,
-                ),
-                p.name,
+
+    def compute(i: int) -> dict:
+        p = prepared[i]
+        vectors: dict = {}
+        result, rows = backoff.run(
+            lambda size: evaluate_task(
                 lm,
-            )
-            saved = {"result": result, "predictions": rows}
-            if config.compares:  # first, so that a finished task always has its vectors
-                save_task_vectors(vectors_path(done_file), vectors, p.name)
-            write_json_atomic(done_file, saved)
-            logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
-                        result["regular"]["accuracy"], result["hypothesis"]["accuracy"], result["best_layer"],
-                        result["baseline"]["accuracy"])  # fmt: skip
-        saved_by_task[p.name] = saved
-    if progress:
-        progress("", len(prepared), len(prepared))
-    return saved_by_task
+                p,
+                replace(config, batch_size=size),
+                executor=executor.with_batch_size(size),
+                vectors_out=vectors,
+            ),
+            p.name,
+            lm,
+        )
+        if config.compares:  # before the task's results: a finished task always has its vectors
+            save_task_vectors(vectors_path(task_result_path(out, p.name)), vectors, p.name)
+        logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
+                    result["regular"]["accuracy"], result["hypothesis"]["accuracy"], result["best_layer"],
+                    result["baseline"]["accuracy"])  # fmt: skip
+        return {"result": result, "predictions": rows}
+
+    return each_task(out, [p.name for p in prepared], compute, progress)
 
 
 def _results(
