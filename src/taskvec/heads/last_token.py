@@ -114,15 +114,21 @@ def _patched(lm, sites: list[HeadSite], batch: Batch, cache, chosen, values, gol
     step, own = last_token_rows(batch, cache, k)
     patches = [HeadPatch(row=i * k + c, layer=h[0], head=h[1], value=values[h[0], h[1]])
                for i in range(n) for c, h in enumerate(chosen)]  # fmt: skip
-    low = min(h[0] for h in chosen)
-    skipped, restored = contextlib.nullcontext(), contextlib.nullcontext()
-    if states is not None and low > 0:
-        skipped = skip_blocks(lm.adapter.layers, low - 1, arity)
-        kept = states[:, low - 1].repeat_interleave(k, dim=0)
-        restored = intervene(lm.adapter.layers, replacements([low - 1] * (n * k), kept))
-    with skipped, restored, patch_heads(sites, patches):
+    with lower_blocks_skipped(lm, states, min(h[0] for h in chosen), k, arity), patch_heads(sites, patches):
         logits = next_token_logits(lm, step, cache=own)
     return _gold_probability(logits, gold.repeat_interleave(k)).view(n, k)
+
+
+def lower_blocks_skipped(lm: LoadedModel, states: torch.Tensor | None, low: int, k: int, arity: int | None):
+    """For last-token rows (k per prompt, prompt-major) whose edits all sit at block ``low`` or above: blocks
+    below ``low`` pass their input through and block ``low - 1``'s output is restored from the unpatched
+    ``states`` (n, L, H). A no-op without ``states`` or when ``low`` is 0."""
+    stack = contextlib.ExitStack()
+    if states is not None and low > 0:
+        kept = states[:, low - 1].repeat_interleave(k, dim=0)
+        stack.enter_context(skip_blocks(lm.adapter.layers, low - 1, arity))
+        stack.enter_context(intervene(lm.adapter.layers, replacements([low - 1] * len(kept), kept)))
+    return stack
 
 
 def _skip_ok(lm, sites, batch, cache, chosen, values, gold, states, arity) -> bool:

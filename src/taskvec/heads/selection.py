@@ -8,7 +8,6 @@ vector at its own block.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -18,11 +17,8 @@ import torch
 from torch import nn
 
 from taskvec.core.decoding import decode_predictions
-from taskvec.core.sites import replacements
 from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import check_layers, next_token_logits
-from taskvec.engine.hooks import skip_blocks
-from taskvec.engine.interventions import intervene
 from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.engine.validation import check_queries
@@ -30,7 +26,7 @@ from taskvec.errors import TaskvecError
 from taskvec.heads.attribution import HeadAttribution
 from taskvec.heads.function_vector import FunctionVector, accuracy, function_vector
 from taskvec.heads.hooks import add_to_block_output
-from taskvec.heads.last_token import DEFAULT_MAX_ROWS, prefix_cache, unpatched_last_token
+from taskvec.heads.last_token import DEFAULT_MAX_ROWS, lower_blocks_skipped, prefix_cache, unpatched_last_token
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -87,12 +83,7 @@ def _last_token_ids(lm: LoadedModel, batch: Batch, cache, chosen, states, arity)
         rows = torch.arange(n) * k + c
         additions.setdefault(layer, torch.zeros(n * k, hidden))[rows] = vector.float()
     low = min(layer for layer, _ in chosen)
-    skipped, restored = contextlib.nullcontext(), contextlib.nullcontext()
-    if states is not None and low > 0:
-        skipped = skip_blocks(lm.adapter.layers, low - 1, arity)
-        kept = states[:, low - 1].repeat_interleave(k, dim=0)
-        restored = intervene(lm.adapter.layers, replacements([low - 1] * (n * k), kept))
-    with skipped, restored, add_to_block_output(lm.adapter.layers, additions):
+    with lower_blocks_skipped(lm, states, low, k, arity), add_to_block_output(lm.adapter.layers, additions):
         logits = next_token_logits(lm, step, cache=own)
     return logits.argmax(-1).view(n, k)
 
