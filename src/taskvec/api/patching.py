@@ -121,5 +121,4 @@ def default_stop_rule(lm: LoadedModel, task_vector: VectorsWithMetadata, templat
     answers = demonstrated_answers(task_vector)
     if not answers:
         return stop_rule("format", template)
-    counts = [len(lm.tokenizer(template.answer_prefix + a, add_special_tokens=False)["input_ids"]) for a in answers]
-    return stop_rule("demos", template, answers, counts)
+    return stop_rule("demos", template, answers, lm.tokenizer)

@@ -36,17 +36,19 @@ DEFAULT_MODE = "first"
 DEFAULT_STOP_RULE = "demos"
 
 
-def stop_rule(
-    name: str, template: PromptTemplate, answers: Sequence[str] = (), token_counts: Sequence[int] = ()
-) -> StopRule:
+def stop_rule(name: str, template: PromptTemplate, answers: Sequence[str] = (), tokenizer=None) -> StopRule:
     """``newline``, ``format`` (the template's text) or ``demos`` (the format, plus the punctuation and the
-    length the demonstrated ``answers`` show; see :meth:`StopRule.from_demonstrations`)."""
+    length the demonstrated ``answers`` show, their lengths counted by ``tokenizer`` as they stand in a
+    demonstration, after ``answer_prefix``; see :meth:`StopRule.from_demonstrations`)."""
     if name == "newline":
         return DEFAULT_STOP
     if name == "format":
         return StopRule.from_template(template)
     if name == "demos":
-        return StopRule.from_demonstrations(template, answers, token_counts)
+        if tokenizer is None:
+            raise TaskvecError("the 'demos' stop rule needs the tokenizer that counts the demonstrated answers")
+        counts = [len(tokenizer(template.answer_prefix + a, add_special_tokens=False)["input_ids"]) for a in answers]
+        return StopRule.from_demonstrations(template, answers, counts)
     raise TaskvecError(f"unknown stop rule {name!r}; expected one of {', '.join(STOPS)}")
 
 

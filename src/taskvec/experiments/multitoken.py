@@ -174,20 +174,19 @@ def _answers(
     first = [TASK_VECTOR.edit(layer, v) for v in thetas]
     shown = [y for s in sets for _, y in s.demo_tuples]  # the demonstrated answers (for the "demos" rule)
     tokenizer = executor.lm.tokenizer
-    counts = [len(tokenizer(template.answer_prefix + y, add_special_tokens=False)["input_ids"]) for y in shown]
     out: dict[str, list[str]] = {}
     for name in config.variants:
         mode, stop, alpha = VARIANTS[name]
         steps = step_edits(executor, prompts, first, mode, alpha)
-        rule = stop_rule(stop, template, shown, counts)
+        rule = stop_rule(stop, template, shown, tokenizer)
         out[name] = executor.generate(prompts, config.max_new_tokens, first, rule, steps)
     if fv is not None:
-        rule = stop_rule("demos", template, shown, counts)
+        rule = stop_rule("demos", template, shown, tokenizer)
         added = [fv] * len(prompts)
         out["fv_first_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule)
         out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule, added)
     for stop in ("newline", "format", "demos"):
-        rule = stop_rule(stop, template, shown, counts)
+        rule = stop_rule(stop, template, shown, tokenizer)
         out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rule)
         out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rule)
     return out
