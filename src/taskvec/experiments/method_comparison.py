@@ -28,7 +28,7 @@ from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod
 from taskvec.engine.accounting import stage
 from taskvec.heads.attribution import HeadAttribution, head_attribution
 from taskvec.heads.examples import IclExample, shuffle_labels
-from taskvec.heads.function_vector import FunctionVector, random_like
+from taskvec.heads.function_vector import FunctionVector, random_like, random_same_norm
 from taskvec.heads.selection import DEFAULT_KS, DEFAULT_SCALES, select_function_vector
 from taskvec.stats import accuracy_entry
 from taskvec.tasks.preparation import PreparedTask
@@ -124,13 +124,6 @@ def method_entry(correct: Sequence[bool], icl_correct: Sequence[bool], icl_accur
     entry["icl_correct"] = accuracy_entry([c for c, i in zip(correct, icl_correct) if i])
     entry["recovered"] = entry["accuracy"] / icl_accuracy if icl_accuracy else None
     return entry
-
-
-def random_same_norm(vectors: torch.Tensor, seed: int) -> torch.Tensor:
-    """Random directions (seeded) with the norms of the rows of ``vectors`` (N, H)."""
-    gen = torch.Generator().manual_seed(seed)
-    directions = torch.randn(vectors.shape, generator=gen)
-    return directions * (vectors.norm(dim=-1, keepdim=True) / directions.norm(dim=-1, keepdim=True))
 
 
 def compare_methods(

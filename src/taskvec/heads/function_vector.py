@@ -98,9 +98,15 @@ def function_vector(
 
 def random_like(fv: FunctionVector, seed: int = 0) -> FunctionVector:
     """A control: a random direction with the same norm, applied the same way."""
+    return replace(fv, vector=random_same_norm(fv.vector[None], seed)[0])
+
+
+def random_same_norm(vectors: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random directions (seeded) with the norms of the rows of ``vectors`` (N, H): the random-vector control
+    of every method."""
     gen = torch.Generator().manual_seed(seed)
-    direction = torch.randn(fv.vector.shape, generator=gen)
-    return replace(fv, vector=direction * (fv.vector.norm() / direction.norm()))
+    directions = torch.randn(vectors.shape, generator=gen)
+    return directions * (vectors.norm(dim=-1, keepdim=True) / directions.norm(dim=-1, keepdim=True))
 
 
 @torch.no_grad()
