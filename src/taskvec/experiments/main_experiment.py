@@ -76,6 +76,17 @@ def task_rng(seed: int, task_name: str) -> random.Random:
     return random.Random(f"{seed}:{task_name}")
 
 
+def task_splits(
+    prepared: PreparedTask, config: MainConfig
+) -> tuple[random.Random, tuple[list[EvalSet], list[EvalSet], list[Pair]]]:
+    """The task's generator and the dev sets, test sets and baseline queries drawn from it first: the same draw
+    wherever it is made again (the task-agnostic control re-draws the test sets this way)."""
+    rng = task_rng(config.seed, prepared.name)
+    splits = draw_splits(prepared.pairs, config.shots, config.n_dev, config.n_test, config.n_baseline, config.n_dummy,
+                         rng)  # fmt: skip
+    return rng, splits
+
+
 def example_rows(
     task: str, split: str, method: str, layer, prompts, sets_or_pairs, predictions, correct, rechecked=None
 ) -> list[dict]:
@@ -145,10 +156,7 @@ def evaluate_task(
     started = time.perf_counter()
     executor = executor or main_executor(lm, config)
     task, template, name = prepared.task, prepared.template, prepared.name
-    rng = task_rng(config.seed, name)
-    dev, test, baseline_pairs = draw_splits(
-        prepared.pairs, config.shots, config.n_dev, config.n_test, config.n_baseline, config.n_dummy, rng
-    )
+    rng, (dev, test, baseline_pairs) = task_splits(prepared, config)
 
     def score(predictions: list[str], pairs: list[Pair]) -> list[bool]:
         return [is_correct(p, pair, task.scoring) for p, pair in zip(predictions, pairs)]

@@ -21,12 +21,12 @@ from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR
 from taskvec.core.sites import Add, Site
 from taskvec.errors import TaskvecError
-from taskvec.experiments.main_experiment import MainConfig, example_rows, task_rng
+from taskvec.experiments.main_experiment import MainConfig, example_rows, task_splits
 from taskvec.experiments.method_comparison import method_entry
 from taskvec.experiments.outdir import task_result_path
 from taskvec.io.vector_files import write_tensors
 from taskvec.tasks.preparation import PreparedTask
-from taskvec.tasks.sampling import EvalSet, draw_splits
+from taskvec.tasks.sampling import EvalSet
 from taskvec.tasks.scoring import is_correct
 
 VECTORS_KEY = "taskvec_task_vectors"
@@ -88,9 +88,7 @@ def task_agnostic(
 
 def test_sets(prepared: PreparedTask, config: MainConfig) -> list[EvalSet]:
     """The task's test sets, drawn again exactly as its evaluation drew them (one generator per task)."""
-    rng = task_rng(config.seed, prepared.name)
-    return draw_splits(prepared.pairs, config.shots, config.n_dev, config.n_test, config.n_baseline,
-                       config.n_dummy, rng)[1]  # fmt: skip
+    return task_splits(prepared, config)[1][1]
 
 
 def add_task_agnostic(
