@@ -25,6 +25,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, step_edits, stop_rule
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
@@ -146,7 +148,8 @@ def evaluate_multitoken(
         if not queries:
             continue
         sets = build_sets(pairs, queries, config.shots, config.n_dummy, rng)
-        answers = _answers(executor, template, sets, layer, config, fv)
+        thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]  # once, for every variant
+        answers = _answers(executor, template, sets, layer, thetas, config, fv)
         exact = {m: [a in _accepted(q) for a, q in zip(found, queries)] for m, found in answers.items()}
         f1 = {m: [token_f1(a, q) for a, q in zip(found, queries)] for m, found in answers.items()}
         named = {"task_vector": DEFAULT_VARIANT, "regular": "icl_format", "zero_shot": "zero_format"}
@@ -157,20 +160,25 @@ def evaluate_multitoken(
                          for i, q in enumerate(queries)],
         }  # fmt: skip
         for name in config.templates:
-            transfer = _in_other_words(executor, template, sets, layer, OTHER_TEMPLATES[name], fv)
+            transfer = _in_other_words(executor, template, sets, layer, thetas, OTHER_TEMPLATES[name], fv)
             entry = result["templates"].setdefault(name, {"query": OTHER_TEMPLATES[name], "groups": {}})
             entry["groups"][group] = {m: accuracy_entry(ok) for m, ok in transfer.items()}
     return result
 
 
 def _answers(
-    executor: Executor, template: PromptTemplate, sets, layer: int, config: MultiTokenConfig, fv: Add | None = None
+    executor: Executor,
+    template: PromptTemplate,
+    sets,
+    layer: int,
+    thetas: torch.Tensor,
+    config: MultiTokenConfig,
+    fv: Add | None = None,
 ) -> dict:
     """Decoded answers of every variant and of ICL / zero-shot under every stop rule (and, with ``fv``, the
     function vector added at the prompt's last position only, and at every generated token too)."""
     prompts = [template.query_prompt(s.query.input) for s in sets]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
-    thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
     first = [TASK_VECTOR.edit(layer, v) for v in thetas]
     shown = [y for s in sets for _, y in s.demo_tuples]  # the demonstrated answers (for the "demos" rule)
     tokenizer = executor.lm.tokenizer
@@ -193,7 +201,13 @@ def _answers(
 
 
 def _in_other_words(
-    executor: Executor, template: PromptTemplate, sets, layer: int, query: str, fv: Add | None = None
+    executor: Executor,
+    template: PromptTemplate,
+    sets,
+    layer: int,
+    thetas: torch.Tensor,
+    query: str,
+    fv: Add | None = None,
 ) -> dict:
     """First-token correctness (prefix rule) in the template ``query`` of: zero-shot, ICL (demonstrations in
     that template) and the task vector extracted with the paper's template, patched at ``layer``."""
@@ -202,7 +216,6 @@ def _in_other_words(
     lm = executor.lm
     prompts = [other.query_prompt(s.query.input) for s in sets]
     icl = [other.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
-    thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]
     found = {
         "task_vector": executor.predict(prompts, [TASK_VECTOR.edit(layer, v) for v in thetas], short=True).ids,
         "regular": executor.predict(icl).ids,
