@@ -20,6 +20,7 @@ from taskvec.heads import head_attribution, sample_icl_examples, shuffled_exampl
 from taskvec.heads.examples import IclExample
 from taskvec.heads.function_vector import function_vector
 from taskvec.prompts import DEFAULT_TEMPLATE
+from taskvec.report.methods import method_tables
 from taskvec.runtime import make_executor
 
 PAIRS = [(c, c.upper()) for c in "abcdefghijklmnop"]
@@ -165,3 +166,15 @@ def test_heads_command_writes_tables_and_resumes(tmp_path):
     again = run_heads(config, tmp_path, lm=lm)  # read back from tasks/*.json
     assert again["tasks"] == results["tasks"]
     assert main(["heads", "--tasks", "to_upper", "--shots", "1", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_report_marks_tasks_whose_function_vector_never_worked():
+    def task(best, none_worked):
+        fv = {"heads": [[1, 0]], "k": 1, "layer": 1, "scale": 1.0,
+              "selection": {"best_dev_accuracy": best, "none_worked": none_worked}}  # fmt: skip
+        return {"best_layer": 2, "function_vector": fv, "methods": {}, "controls": {}}
+
+    results = {"tasks": {"a": task(0.0, True), "b": task(0.5, False)},
+               "summary": {"methods": {"function_vector": {"accuracy": 0.25}}, "mean": {}}}  # fmt: skip
+    chosen = {title: rows for title, _, rows in method_tables(results)}["Chosen on dev"]
+    assert [row[5] for row in chosen] == ["0.00 (none worked)", "0.50"]

@@ -77,13 +77,24 @@ def method_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[li
         if fv:
             tv_layer = results["tasks"][name].get("best_layer")
             heads = " ".join(f"L{li}H{j}" for li, j in fv["heads"][:5]) + (" ..." if fv["k"] > 5 else "")
-            fv_rows.append([name, str(tv_layer), str(fv["layer"]), str(fv["k"]), f"{fv['scale']:g}", heads])
+            fv_rows.append([name, str(tv_layer), str(fv["layer"]), str(fv["k"]), f"{fv['scale']:g}",
+                            _dev_score(fv.get("selection") or {}), heads])  # fmt: skip
     tables = [("Methods and controls per task (test accuracy, all items)", header, rows),
               ("Means over tasks", ["", *(h for _, h in columns)], mean_rows)]  # fmt: skip
     if fv_rows:
-        tables.append(("Chosen on dev", ["Task", "TV layer", "FV layer", "FV k", "FV scale", "FV heads (best first)"],
-                       fv_rows))  # fmt: skip
+        tables.append(("Chosen on dev", ["Task", "TV layer", "FV layer", "FV k", "FV scale", "FV dev accuracy",
+                                         "FV heads (best first)"], fv_rows))  # fmt: skip
     return tables
+
+
+def _dev_score(selection: dict[str, Any]) -> str:
+    """The chosen configuration's dev accuracy; 'none worked' when no configuration answered any dev query
+    (the first one of the grid was kept, so the task's FV numbers are those of a vector that does not work)."""
+    if "best_dev_accuracy" not in selection:
+        return "-"
+    if selection.get("none_worked") or num(selection["best_dev_accuracy"]) == 0:
+        return "0.00 (none worked)"
+    return _f(selection["best_dev_accuracy"])
 
 
 def mean_aie(results: dict[str, Any]) -> np.ndarray | None:
