@@ -253,3 +253,18 @@ def test_a_full_disk_loses_nothing(fail_at, model_dir, reference, tmp_path, monk
     monkeypatch.setattr(results_io.os, "fsync", real_fsync)
     assert main(run_argv(model_dir, out)) == 0
     assert comparable(out) == reference
+
+
+def test_a_run_killed_before_its_configuration_was_written_does_not_block_the_rerun(model_dir, reference, tmp_path):
+    # what a kill -9 right after taking the lock can leave: the lock file, the writability probe, a temp file
+    out = tmp_path / "run"
+    out.mkdir()
+    leftovers = [out / LOCK_FILE, out / ".taskvec-write-test.tmp", out / ".run-config.json.k1l2.tmp"]
+    for path in leftovers:
+        path.write_text("")
+    assert main(run_argv(model_dir, out)) == 0
+    assert comparable(out) == reference
+    assert not any(path.exists() for path in leftovers)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    assert main(run_argv(model_dir, tmp_path / "foreign")) == 2  # a foreign file still refuses the directory

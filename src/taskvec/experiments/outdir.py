@@ -71,9 +71,16 @@ def check_run_config(out_dir: Path, wanted: dict) -> bool:
                 "use a new --out directory (runs are never mixed)"
             )
         return True
-    if any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+    if any(not _left_by_a_killed_run(p) for p in out_dir.iterdir()):
         raise OutputDirectoryError(f"output directory {str(out_dir)!r} is not empty and holds no taskvec run")
     return False
+
+
+def _left_by_a_killed_run(path: Path) -> bool:
+    """The lock file, or a temporary ``.*.tmp`` file (the run that takes the lock removes those): what a run
+    killed before writing its configuration may leave in a directory that is otherwise new. The CLI checks
+    directories before it takes their locks, so these must not count as foreign files."""
+    return path.name == LOCK_FILE or (path.is_file() and path.match(".*.tmp"))
 
 
 def write_run_config(out_dir: Path, config: dict) -> None:
