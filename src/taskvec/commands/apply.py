@@ -134,9 +134,10 @@ def file_stop_rule(name: str, tv, lm, template):
     from taskvec.core.answering import stop_rule
 
     if name == "demos":
-        if not demonstrated_answers(tv):
+        answers = demonstrated_answers(tv)
+        if not answers:
             raise TaskvecError("--stop demos: this vector file records no demonstrations; use --stop format")
-        return default_stop_rule(lm, tv, template)
+        return stop_rule("demos", template, answers, lm.tokenizer)
     if name == "auto":
         return default_stop_rule(lm, tv, template)
     return stop_rule(name, template)

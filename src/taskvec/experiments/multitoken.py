@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, step_edits, stop_rule
+from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, STOPS, step_edits, stop_rule
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
@@ -181,22 +181,19 @@ def _answers(
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
     first = [TASK_VECTOR.edit(layer, v) for v in thetas]
     shown = [y for s in sets for _, y in s.demo_tuples]  # the demonstrated answers (for the "demos" rule)
-    tokenizer = executor.lm.tokenizer
+    rules = {stop: stop_rule(stop, template, shown, executor.lm.tokenizer) for stop in STOPS}
     out: dict[str, list[str]] = {}
     for name in config.variants:
         mode, stop, alpha = VARIANTS[name]
         steps = step_edits(executor, prompts, first, mode, alpha)
-        rule = stop_rule(stop, template, shown, tokenizer)
-        out[name] = executor.generate(prompts, config.max_new_tokens, first, rule, steps)
+        out[name] = executor.generate(prompts, config.max_new_tokens, first, rules[stop], steps)
     if fv is not None:
-        rule = stop_rule("demos", template, shown, tokenizer)
         added = [fv] * len(prompts)
-        out["fv_first_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule)
-        out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, added, rule, added)
-    for stop in ("newline", "format", "demos"):
-        rule = stop_rule(stop, template, shown, tokenizer)
-        out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rule)
-        out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rule)
+        out["fv_first_demos"] = executor.generate(prompts, config.max_new_tokens, added, rules["demos"])
+        out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, added, rules["demos"], added)
+    for stop in STOPS:
+        out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rules[stop])
+        out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rules[stop])
     return out
 
 

@@ -35,11 +35,16 @@ def task_result_path(out_dir: Path, task_name: str) -> Path:
     return out_dir / TASKS_DIR / f"{stem}.json"
 
 
+#: The temporary files of the atomic writer (``.<name>.<random>.tmp``) and of the writability probe: what a run
+#: killed mid-write leaves behind.
+TEMP_FILES = ".*.tmp"
+
+
 def remove_stale_temp_files(out_dir: Path) -> None:
     """Delete temporary files a killed run left behind (call only while holding the directory's lock)."""
     for folder in (out_dir, out_dir / TASKS_DIR):
         if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
+            for stale in folder.glob(TEMP_FILES):
                 logger.info("removing %s, left by an interrupted run", stale)
                 stale.unlink(missing_ok=True)
 
@@ -77,10 +82,10 @@ def check_run_config(out_dir: Path, wanted: dict) -> bool:
 
 
 def _left_by_a_killed_run(path: Path) -> bool:
-    """The lock file, or a temporary ``.*.tmp`` file (the run that takes the lock removes those): what a run
+    """The lock file, or a temporary file (:data:`TEMP_FILES`; the run that takes the lock removes those): what a run
     killed before writing its configuration may leave in a directory that is otherwise new. The CLI checks
     directories before it takes their locks, so these must not count as foreign files."""
-    return path.name == LOCK_FILE or (path.is_file() and path.match(".*.tmp"))
+    return path.name == LOCK_FILE or (path.is_file() and path.match(TEMP_FILES))
 
 
 def write_run_config(out_dir: Path, config: dict) -> None:

@@ -92,7 +92,7 @@ def _dev_score(selection: dict[str, Any]) -> str:
     (the first one of the grid was kept, so the task's FV numbers are those of a vector that does not work)."""
     if "best_dev_accuracy" not in selection:
         return "-"
-    if selection.get("none_worked") or num(selection["best_dev_accuracy"]) == 0:
+    if num(selection["best_dev_accuracy"]) == 0:  # what selection.none_worked records (absent in older runs)
         return "0.00 (none worked)"
     return _f(selection["best_dev_accuracy"])
 
