@@ -10,7 +10,7 @@ import torch
 from tiny_models import FAMILIES, make_tiny_model
 
 from taskvec.core.interfaces import Executor
-from taskvec.core.methods import METHODS, TASK_VECTOR, get_method
+from taskvec.core.methods import ALIASES, METHODS, TASK_VECTOR, TaskVectorMethod, get_method
 from taskvec.core.sites import Add, Read, Replace, Site
 from taskvec.engine.batching import collate, encode
 from taskvec.engine.forward import next_token_logits
@@ -112,10 +112,11 @@ def test_executors_are_chosen_explicitly_and_keep_nothing_on_the_model():
 
 
 def test_method_registry():
-    assert METHODS["task_vector"] is TASK_VECTOR and get_method("task_vector") is TASK_VECTOR
+    assert METHODS["task_vector"] is TASK_VECTOR and isinstance(get_method("task_vector"), TaskVectorMethod)
+    assert {alias: type(get_method(alias)).name for alias in ALIASES} == ALIASES
     with pytest.raises(TaskvecError, match="unknown method 'nope'"):
         get_method("nope")
-    edit = TASK_VECTOR.edit(2, torch.ones(3))
+    (edit,) = TASK_VECTOR.edits(2, torch.ones(3))
     assert isinstance(edit, Replace) and edit.site == Site(2, -1, None)
 
 

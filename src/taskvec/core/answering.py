@@ -25,7 +25,7 @@ import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
 from taskvec.core.interfaces import Executor
-from taskvec.core.sites import Add, Edit, Replace, Site
+from taskvec.core.sites import GENERATED, Add, Edit, Replace, RowEdits, Site, row_edits
 from taskvec.errors import TaskvecError
 from taskvec.prompts import PromptTemplate
 
@@ -61,33 +61,55 @@ def check_mode(mode: str) -> str:
 def step_edits(
     executor: Executor,
     prompts: Sequence[str],
-    first: Sequence[Edit],
+    first: Sequence[RowEdits],
     mode: str,
     alpha: float = 1.0,
-) -> list[Edit] | None:
-    """The edits applied at every generated token, given each prompt's first-forward edit (a Replace of block
-    L's output by theta, or an Add of a function vector) under ``mode``; None for ``first``."""
+) -> list[list[Edit]] | None:
+    """The edits made at every generated token (sites at :data:`~taskvec.core.sites.GENERATED` positions),
+    given each prompt's edits at its last prompt token (a Replace of block L's output by theta, or an Add of
+    a function vector) under ``mode``; None for ``first``. Edits that already act at generated positions
+    (every-position methods) are left to themselves."""
     check_mode(mode)
     if mode == "first":
         return None
+    rows = [[e for e in row_edits(entry) if e.site.one_token] for entry in first]
     if mode == "every_replace":
-        return [Replace(Site(e.site.layer), e.value) if isinstance(e, Replace) else Add(Site(e.site.layer),
-                alpha * e.value) for e in first]  # fmt: skip
-    shifts = []
-    replaced = [i for i, e in enumerate(first) if isinstance(e, Replace)]
-    states = _unpatched(executor, [prompts[i] for i in replaced], [first[i].site.layer for i in replaced])
-    for i, edit in enumerate(first):
-        if isinstance(edit, Replace):
-            shifts.append(Add(Site(edit.site.layer), alpha * (edit.value.float() - states[replaced.index(i)])))
-        else:  # an added vector is its own shift
-            shifts.append(Add(Site(edit.site.layer), alpha * edit.value))
+        return [[Replace(_generated(e.site), e.value) if isinstance(e, Replace)
+                 else Add(_generated(e.site), alpha * e.value) for e in row] for row in rows]  # fmt: skip
+    flat = [(i, e) for i, row in enumerate(rows) for e in row if isinstance(e, Replace)]
+    states = _unpatched(executor, [prompts[i] for i, _ in flat], [e.site for _, e in flat])
+    shifts: list[list[Edit]] = [[] for _ in rows]
+    replaced = iter(range(len(flat)))
+    for i, row in enumerate(rows):
+        for edit in row:
+            if isinstance(edit, Replace):
+                delta = edit.value.float() - states[next(replaced)]
+                shifts[i].append(Add(_generated(edit.site), alpha * delta))
+            else:  # an added vector is its own shift
+                shifts[i].append(Add(_generated(edit.site), alpha * edit.value))
     return shifts
 
 
-def _unpatched(executor: Executor, prompts: Sequence[str], layers: Sequence[int]) -> torch.Tensor:
-    """Block ``layers[i]``'s unpatched output at the last position of ``prompts[i]``: (N, H)."""
+def with_steps(first: Sequence[RowEdits], steps: Sequence[Sequence[Edit]] | None) -> list[list[Edit]]:
+    """Each row's prompt edits followed by its edits at generated tokens (none when ``steps`` is None)."""
+    if steps is None:
+        return [list(row_edits(entry)) for entry in first]
+    return [[*row_edits(entry), *more] for entry, more in zip(first, steps)]
+
+
+def _generated(site: Site) -> Site:
+    """The same layer and head, at every generated token."""
+    return Site(site.layer, GENERATED, site.head)
+
+
+def _unpatched(executor: Executor, prompts: Sequence[str], sites: Sequence[Site]) -> torch.Tensor:
+    """The unpatched value at ``sites[i]`` (a block output, or a head's output) at the last position of
+    ``prompts[i]``: (N, D)."""
     if not prompts:
         return torch.empty(0)
-    wanted = sorted(set(layers))
-    states = executor.states([[p] for p in prompts], wanted)  # (N, len(wanted), H)
-    return torch.stack([states[i, wanted.index(layer)] for i, layer in enumerate(layers)])
+    if all(site.head is None for site in sites):
+        wanted = sorted({site.layer for site in sites})
+        states = executor.states([[p] for p in prompts], wanted)  # (N, len(wanted), H)
+        return torch.stack([states[i, wanted.index(site.layer)] for i, site in enumerate(sites)])
+    return torch.stack([executor.read([p], [Site(site.layer, head=site.head)])[Site(site.layer, head=site.head)][0]
+                        for p, site in zip(prompts, sites)])  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
-from taskvec.core.sites import Edit, Site
+from taskvec.core.sites import Edit, RowEdits, Site
 from taskvec.models.loading import LoadedModel
 from taskvec.prompts import PromptTemplate
 
@@ -88,44 +88,55 @@ class Executor(Protocol):
         ...
 
     def predict(
-        self, prompts: Sequence[str], edits: Sequence[Edit] | None = None, *, short: bool = False,
+        self, prompts: Sequence[str], edits: Sequence[RowEdits] | None = None, *, short: bool = False,
         made: Made | None = None,
     ) -> Predictions:
-        """Greedy next token of each prompt, ``edits[i]`` applied to prompt i. ``short``: bare query prompts
+        """Greedy next token of each prompt, ``edits[i]`` (an edit, several, or None) applied to prompt i.
+        ``short``: bare query prompts
         (several times shorter than ICL prompts). ``made``: where the edits' vectors came from."""
         ...
 
     def sweep(
         self, prompts: Sequence[str], vectors: torch.Tensor, layers: Sequence[int], method: Method
     ) -> torch.Tensor:
-        """Next token (len(layers), N) of prompt i with ``method``'s edit of ``vectors[i, j]`` at ``layers[j]``."""
+        """Next token (len(layers), N) of prompt i with ``method``'s edits of ``vectors[i, l]`` at each ``l`` of
+        ``layers``; ``vectors``: (N, num_layers, H)."""
         ...
 
     def read(
-        self, prompts: Sequence[str], sites: Sequence[Site], edits: Sequence[Edit] | None = None
+        self, prompts: Sequence[str], sites: Sequence[Site], edits: Sequence[RowEdits] | None = None
     ) -> dict[Site, torch.Tensor]:
         """The value at each site (block or head output) of each prompt, ``edits[i]`` applied: {site: (N, D)}."""
         ...
 
     def logprobs(
-        self, prompts: Sequence[str], token_ids: Sequence[int], edits: Sequence[Edit] | None = None
+        self, prompts: Sequence[str], token_ids: Sequence[int], edits: Sequence[RowEdits] | None = None
     ) -> torch.Tensor:
         """Log-probability (N,) of ``token_ids[i]`` as prompt i's next token, ``edits[i]`` applied."""
         ...
 
     def generate(
-        self, prompts: Sequence[str], max_new_tokens: int, edits: Sequence[Edit] | None = None,
-        stop: StopRule = DEFAULT_STOP, step_edits: Sequence[Edit] | None = None,
+        self, prompts: Sequence[str], max_new_tokens: int, edits: Sequence[RowEdits] | None = None,
+        stop: StopRule = DEFAULT_STOP,
     ) -> list[str]:
-        """Greedy answers (decoded, cut by ``stop``), ``edits[i]`` applied on prompt i's first forward and
-        ``step_edits[i]`` at each generated token (position -1 of each later forward)."""
+        """Greedy answers (decoded, cut by ``stop``), ``edits[i]`` applied to prompt i at the positions their
+        sites name (prompt positions once, generated positions at each new token)."""
         ...
+
+
+#: Where a method's vector acts: at one layer chosen on dev, at the last prompt token (``"last"``), or at
+#: each layer of a range, at every position (``"every"``).
+ACTS = ("last", "every")
 
 
 class Method(Protocol):
     """A way to compress demonstrations into vectors and to apply a vector."""
 
     name: str
+    #: ``"last"`` or ``"every"`` (:data:`ACTS`).
+    acts: str
+    #: How its edits change a value: ``replace``, ``add`` or ``steer``.
+    operation: str
 
     def vectors(
         self, executor: Executor, template: PromptTemplate, sets: Sequence[DemoSet], layers: Sequence[int]
@@ -133,6 +144,12 @@ class Method(Protocol):
         """One vector per set and layer: (len(sets), len(layers), H)."""
         ...
 
-    def edit(self, layer: int, vector: torch.Tensor) -> Edit:
-        """How ``vector`` is applied at ``layer``."""
+    def edits(self, layer: int, vector: torch.Tensor) -> list[Edit]:
+        """How ``vector`` (hidden size) is applied at ``layer``: the edits of one layer. A method that acts at
+        every layer of a range applies the concatenation of its edits over those layers
+        (:func:`taskvec.core.methods.edits_at`)."""
+        ...
+
+    def settings(self) -> dict:
+        """What a vector file records to apply the vector again (besides the vectors): e.g. the scale."""
         ...

@@ -1,10 +1,13 @@
-"""Multi-token greedy decoding, optionally with an edit (e.g. theta) on the prompt's first forward.
+"""Multi-token greedy decoding, optionally with edits (e.g. theta, or a vector added at every position).
 
-The first forward runs the whole (left-padded) prompt batch, each row with its edit applied
-(:func:`taskvec.engine.interventions.intervene`; theta replaces block ``L``'s output at the last prompt
-position); its key/value cache then serves the following steps, which run one new token per row with no
-edit, explicit position ids and an attention mask that grows by one column per step. Regular ICL and
-zero-shot decoding go through the same function without edits.
+The first forward (the prefill) runs the whole (left-padded) prompt batch with each row's edits at prompt
+positions (:func:`taskvec.engine.interventions.intervene`; theta replaces block ``L``'s output at the last
+prompt position); its key/value cache then serves the following steps, which run one new token per row with
+the edits at generated positions, explicit position ids and an attention mask that grows by one column per
+step. An edit at prompt positions is made once, in the prefill, and lives on in the cache; an edit at
+generated positions is made on each new token (:mod:`taskvec.core.sites`). :func:`generate_ids_by_rerun`
+runs the whole sequence again for every token instead (no cache): the reference the cached loop is tested
+against. Regular ICL and zero-shot decoding go through the same function without edits.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule, decode_answer, special_token_ids
-from taskvec.core.sites import Edit, replacements
+from taskvec.core.sites import RowEdits, replacements
 from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
-from taskvec.engine.interventions import intervene
+from taskvec.engine.interventions import Span, intervene
 from taskvec.engine.validation import check_strings
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
@@ -48,41 +51,65 @@ def _stops(lm: LoadedModel, token_id: int, stop: StopRule) -> bool:
     return any(s in text for s in stop.stop_strings)
 
 
+def _next_row_tokens(lm, logits_rows, generated, done, stop) -> None:
+    for row, token in enumerate(logits_rows.tolist()):
+        if not done[row]:
+            generated[row].append(token)
+            done[row] = _stops(lm, token, stop)
+
+
 @torch.no_grad()
 def _generate_batch(
-    lm: LoadedModel,
-    batch: Batch,
-    edits: Sequence[Edit | None],
-    max_new_tokens: int,
-    stop: StopRule,
-    step_edits: Sequence[Edit | None] = (),
+    lm: LoadedModel, batch: Batch, edits: Sequence[RowEdits], max_new_tokens: int, stop: StopRule
 ) -> list[list[int]]:
-    """Generated ids of each row of one batch, the stopping token included (it is cut by the caller).
-    ``step_edits[i]`` (position -1: the one new token) is applied to row i at every generated token."""
+    """Generated ids of each row of one batch, the stopping token included (it is cut by the caller)."""
     n = len(batch)
     kwargs = batch.model_inputs()
     if lm.adapter.accepts_logits_to_keep:
         kwargs["logits_to_keep"] = 1
-    with intervene(lm.adapter, edits):
-        out = lm.model(**kwargs, use_cache=max_new_tokens > 1)
+    span = Span()  # the prefill: every column is a prompt token
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     mask, position = batch.attention_mask, batch.position_ids[:, -1:]
-    for step in range(max_new_tokens):
-        next_ids = out.logits[:, -1, :].argmax(dim=-1)
-        for row, token in enumerate(next_ids.tolist()):
-            if not done[row]:
-                generated[row].append(token)
-                done[row] = _stops(lm, token, stop)
-        if all(done) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
-        position = position + 1
-        kwargs = {"input_ids": next_ids[:, None].to(mask.device), "attention_mask": mask, "position_ids": position}
-        if lm.adapter.accepts_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        with intervene(lm.adapter, step_edits):
+    with intervene(lm.adapter, edits, span=span):
+        out = lm.model(**kwargs, use_cache=max_new_tokens > 1)
+        span.prompt_end = 0  # every later forward runs one generated token
+        for step in range(max_new_tokens):
+            next_ids = out.logits[:, -1, :].argmax(dim=-1)
+            _next_row_tokens(lm, next_ids, generated, done, stop)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            position = position + 1
+            kwargs = {"input_ids": next_ids[:, None].to(mask.device), "attention_mask": mask, "position_ids": position}
+            if lm.adapter.accepts_logits_to_keep:
+                kwargs["logits_to_keep"] = 1
             out = lm.model(**kwargs, **lm.adapter.cache_inputs(returned_cache(out)))
+    return generated
+
+
+@torch.no_grad()
+def _rerun_batch(
+    lm: LoadedModel, batch: Batch, edits: Sequence[RowEdits], max_new_tokens: int, stop: StopRule
+) -> list[list[int]]:
+    """As :func:`_generate_batch`, but every token comes from a forward over the whole sequence (the padded
+    prompt and the tokens generated so far), with no cache: the prompt columns get the prompt-position edits
+    and the generated columns the generated-position edits, in every forward."""
+    n, width = len(batch), batch.input_ids.shape[1]
+    span = Span(prompt_end=width)
+    generated: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    ids, mask, positions = batch.input_ids, batch.attention_mask, batch.position_ids
+    with intervene(lm.adapter, edits, span=span):
+        for step in range(max_new_tokens):
+            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            next_ids = out.logits[:, -1, :].argmax(dim=-1)
+            _next_row_tokens(lm, next_ids, generated, done, stop)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            ids = torch.cat([ids, next_ids[:, None].to(ids.device)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
     return generated
 
 
@@ -91,27 +118,28 @@ def generate_ids(
     prompts: Sequence[str],
     max_new_tokens: int = 1,
     *,
-    edits: Sequence[Edit | None] | None = None,
+    edits: Sequence[RowEdits] | None = None,
     patch_layers: Sequence[int] | None = None,
     patch_vectors: torch.Tensor | None = None,
     stop: StopRule = DEFAULT_STOP,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    step_edits: Sequence[Edit | None] | None = None,
+    rerun: bool = False,
 ) -> list[list[int]]:
-    """Greedy continuation ids of each prompt (stopping token included), ``edits[i]`` applied to row i on
-    the first forward and ``step_edits[i]`` on each later one (the generated token's position);
-    ``patch_layers``/``patch_vectors`` are short for replacing block outputs there."""
+    """Greedy continuation ids of each prompt (stopping token included), ``edits[i]`` (an edit, several or
+    None) applied to row i at the positions their sites name; ``patch_layers``/``patch_vectors`` are short
+    for replacing block outputs at the last prompt token. ``rerun``: no key/value cache, the whole sequence
+    run again for each token (the reference)."""
     check_max_new_tokens(max_new_tokens)
     if stop.max_tokens is not None:
         max_new_tokens = max(1, min(max_new_tokens, stop.max_tokens))
     rows = encode(lm, prompts)
     if patch_layers is not None and patch_vectors is not None:
         edits = replacements(check_layers(lm, patch_layers), patch_vectors)
+    run_batch = _rerun_batch if rerun else _generate_batch
     result: list[list[int]] = [[] for _ in rows]
     for group in length_sorted_chunks(rows, batch_size):
         own = [edits[i] for i in group] if edits is not None else []
-        steps = [step_edits[i] for i in group] if step_edits is not None else []
-        ids = _generate_batch(lm, collate(lm, [rows[i] for i in group]), own, max_new_tokens, stop, steps)
+        ids = run_batch(lm, collate(lm, [rows[i] for i in group]), own, max_new_tokens, stop)
         for i, row_ids in zip(group, ids):
             result[i] = row_ids
     return result

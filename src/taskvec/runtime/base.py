@@ -9,7 +9,7 @@ import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
 from taskvec.core.interfaces import Method, Predictions
-from taskvec.core.sites import Edit, Site
+from taskvec.core.sites import RowEdits, Site, row_edits
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.generation import generate
 from taskvec.engine.reading import next_token_logprobs, read_sites
@@ -30,7 +30,7 @@ class ExecutorBase:
         self.batch_size = batch_size
 
     def predict(
-        self, prompts: Sequence[str], edits: Sequence[Edit] | None = None, *, short: bool = False, made=None
+        self, prompts: Sequence[str], edits: Sequence[RowEdits] | None = None, *, short: bool = False, made=None
     ) -> Predictions:
         raise NotImplementedError
 
@@ -38,12 +38,12 @@ class ExecutorBase:
         """Prompts per forward: ``batch_size``, times ``SHORT_PROMPTS_PER_SLOT`` for bare query prompts."""
         return SHORT_PROMPTS_PER_SLOT * self.batch_size if short else self.batch_size
 
-    def check_edits(self, prompts: Sequence[str], edits: Sequence[Edit] | None) -> None:
+    def check_edits(self, prompts: Sequence[str], edits: Sequence[RowEdits] | None) -> None:
         if edits is None:
             return
         if len(edits) != len(prompts):
-            raise TaskvecError(f"got {len(edits)} edits for {len(prompts)} prompts; expected one per prompt")
-        check_layers(self.lm, sorted({e.site.layer for e in edits if e is not None}))
+            raise TaskvecError(f"got {len(edits)} edits for {len(prompts)} prompts; expected one entry per prompt")
+        check_layers(self.lm, sorted({e.site.layer for entry in edits for e in row_edits(entry)}))
 
     def check_sweep(self, prompts: Sequence[str], vectors: torch.Tensor, layers: Sequence[int]) -> list[int]:
         layers = check_layers(self.lm, layers)
@@ -57,22 +57,22 @@ class ExecutorBase:
     def sweep_by_forwards(
         self, prompts: Sequence[str], vectors: torch.Tensor, layers: list[int], method: Method
     ) -> torch.Tensor:
-        """The sweep as one forward per prompt and layer: prompt i with ``method``'s edit of ``vectors[i, l]``."""
+        """The sweep as one forward per prompt and layer: prompt i with ``method``'s edits of ``vectors[i, l]``."""
         found = [
-            self.predict(prompts, [method.edit(layer, vectors[i, layer]) for i in range(len(prompts))], short=True).ids
+            self.predict(prompts, [method.edits(layer, vectors[i, layer]) for i in range(len(prompts))], short=True).ids
             for layer in layers
         ]
         return torch.stack(found) if found else torch.empty(0, len(prompts), dtype=torch.long)
 
     def read(
-        self, prompts: Sequence[str], sites: Sequence[Site], edits: Sequence[Edit] | None = None
+        self, prompts: Sequence[str], sites: Sequence[Site], edits: Sequence[RowEdits] | None = None
     ) -> dict[Site, torch.Tensor]:
         """The value at each site of each prompt (run whole, ``edits[i]`` applied): ``{site: (N, D)}``."""
         self.check_edits(prompts, edits)
         return read_sites(self.lm, prompts, sites, edits, batch_size=self.batch_size)
 
     def logprobs(
-        self, prompts: Sequence[str], token_ids: Sequence[int], edits: Sequence[Edit] | None = None
+        self, prompts: Sequence[str], token_ids: Sequence[int], edits: Sequence[RowEdits] | None = None
     ) -> torch.Tensor:
         """Log-probability (N,) of ``token_ids[i]`` as prompt i's next token, ``edits[i]`` applied."""
         self.check_edits(prompts, edits)
@@ -82,13 +82,14 @@ class ExecutorBase:
         self,
         prompts: Sequence[str],
         max_new_tokens: int,
-        edits: Sequence[Edit] | None = None,
+        edits: Sequence[RowEdits] | None = None,
         stop: StopRule = DEFAULT_STOP,
-        step_edits: Sequence[Edit] | None = None,
     ) -> list[str]:
-        """Greedy answers, ``edits[i]`` applied on prompt i's first forward and ``step_edits[i]`` at each
-        generated token (the same path for every executor)."""
+        """Greedy answers, ``edits[i]`` applied to prompt i at the positions their sites name: prompt positions
+        in the prefill (kept in the key/value cache), generated positions at each new token."""
         self.check_edits(prompts, edits)
-        self.check_edits(prompts, step_edits)
         return generate(self.lm, prompts, max_new_tokens, edits=edits, stop=stop, batch_size=self.batch_size,
-                        step_edits=step_edits)  # fmt: skip
+                        rerun=self.reruns_generation)  # fmt: skip
+
+    #: Whether :meth:`generate` runs the whole sequence again for each token (no cache: the reference).
+    reruns_generation = False

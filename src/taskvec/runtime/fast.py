@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.core.interfaces import Executor, Made, Method, Predictions, Rechecked
-from taskvec.core.sites import Edit, Replace, Site
+from taskvec.core.sites import RowEdits, is_last_token_replace, row_edits
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin, close
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, predict_ids
@@ -77,7 +77,7 @@ class FastExecutor(ExecutorBase):
         return out.states[~flags], Predictions(ids, rechecked)
 
     def predict(
-        self, prompts: Sequence[str], edits: Sequence[Edit] | None = None, *, short: bool = False,
+        self, prompts: Sequence[str], edits: Sequence[RowEdits] | None = None, *, short: bool = False,
         made: Made | None = None,
     ) -> Predictions:
         self.check_edits(prompts, edits)
@@ -90,10 +90,10 @@ class FastExecutor(ExecutorBase):
     def sweep(
         self, prompts: Sequence[str], vectors: torch.Tensor, layers: Sequence[int], method: Method
     ) -> torch.Tensor:
-        """The cached sweep when the method replaces block outputs at the last token; else full forwards."""
+        """The cached sweep when the method's edit is one replacement of a block output at the last prompt
+        token (what the cached sweep computes exactly); else one forward per layer."""
         layers = self.check_sweep(prompts, vectors, layers)
-        probe = method.edit(layers[0], vectors[0, layers[0]]) if layers else None
-        if isinstance(probe, Replace) and probe.site == Site(layers[0]):
+        if layers and is_last_token_replace(method.edits(layers[0], vectors[0, layers[0]]), layers[0]):
             rows = SWEEP_ROWS_PER_SLOT * self.batch_size
             return sweep_token_ids(self.lm, prompts, vectors, layers, max_rows=rows, shortcuts=self.shortcuts)
         return self.sweep_by_forwards(prompts, vectors, layers, method)
@@ -103,7 +103,7 @@ class FastExecutor(ExecutorBase):
         prompts: Sequence[str],
         ids: torch.Tensor,
         margins: torch.Tensor,
-        edits: Sequence[Edit] | None,
+        edits: Sequence[RowEdits] | None,
         made: Made | None,
     ) -> Rechecked:
         """Recompute the close calls among ``ids`` with float32 products, in place; an edit's vector is
@@ -120,10 +120,14 @@ class FastExecutor(ExecutorBase):
                 )[0]
         return Rechecked(mask, int((ids[mask] != before).sum()))
 
-    def _exact_edits(self, edits: list[Edit], index: list[int], made: Made | None) -> list[Edit]:
+    def _exact_edits(self, edits: list[RowEdits], index: list[int], made: Made | None) -> list[RowEdits]:
+        """The rows' edits with their vectors made again (now in float32) by ``made.method``: a row's edits are
+        the method's edits at each layer they touch (one for a task vector, several for a method that acts at
+        every layer)."""
         if made is None:
             return edits
-        layers = [e.site.layer for e in edits]
-        wanted = sorted(set(layers))
+        rows = [list(dict.fromkeys(e.site.layer for e in row_edits(entry))) for entry in edits]
+        wanted = sorted({layer for layers in rows for layer in layers})
         vectors = made.method.vectors(self, made.template, [made.sets[i] for i in index], wanted)
-        return [made.method.edit(layer, vectors[k, wanted.index(layer)]) for k, layer in enumerate(layers)]
+        return [[e for layer in layers for e in made.method.edits(layer, vectors[k, wanted.index(layer)])]
+                for k, layers in enumerate(rows)]  # fmt: skip

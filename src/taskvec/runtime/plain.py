@@ -1,7 +1,8 @@
 """The plain executor: every prompt run whole, next tokens from the model's own logits.
 
-No prefix sharing, no cached sweep, no vocabulary shortlist, no rechecks: the reference that the fast
-executor is tested against (identical float32 predictions).
+No prefix sharing, no cached sweep, no vocabulary shortlist, no rechecks, and no key/value cache in
+generation (each token from a forward over the whole sequence, with the same edits): the reference that the
+fast executor is tested against (identical float32 predictions).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.core.interfaces import Executor, Made, Method, Predictions
-from taskvec.core.sites import Edit
+from taskvec.core.sites import RowEdits
 from taskvec.engine.forward import check_layers, predict_ids, prompt_states
 from taskvec.runtime.base import ExecutorBase
 
 
 class PlainExecutor(ExecutorBase):
     """Straightforward forwards over whole prompts."""
+
+    reruns_generation = True
 
     def with_batch_size(self, batch_size: int) -> Executor:
         return PlainExecutor(self.lm, batch_size)
@@ -34,7 +37,7 @@ class PlainExecutor(ExecutorBase):
         return self.states([read], layers), self.predict([p for p, f in flagged if f])
 
     def predict(
-        self, prompts: Sequence[str], edits: Sequence[Edit] | None = None, *, short: bool = False,
+        self, prompts: Sequence[str], edits: Sequence[RowEdits] | None = None, *, short: bool = False,
         made: Made | None = None,
     ) -> Predictions:
         self.check_edits(prompts, edits)

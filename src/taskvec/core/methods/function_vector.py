@@ -30,15 +30,26 @@ class FunctionVectorMethod:
     it to the block output at the last token."""
 
     name = "function_vector"
+    acts = "last"
+    operation = "add"
 
-    def __init__(self, heads: Sequence[tuple[int, int]], attention_rms: torch.Tensor, scale: float = 1.0) -> None:
+    def __init__(
+        self, heads: Sequence[tuple[int, int]] = (), attention_rms: torch.Tensor | None = None, scale: float = 1.0
+    ) -> None:
         """``heads``: (layer, head) pairs; ``attention_rms``: (num_layers,) typical attention-output rms on
-        clean prompts (used only by families with a post-attention norm)."""
+        clean prompts (used only by families with a post-attention norm). Without heads the method can only
+        apply a vector (e.g. one read from a file), not make one."""
         self.heads = [(int(li), int(j)) for li, j in heads]
-        if not self.heads:
-            raise TaskvecError("a function vector needs at least one (layer, head); got none")
-        self.attention_rms = attention_rms.float()
+        self.attention_rms = None if attention_rms is None else attention_rms.float()
         self.scale = float(scale)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> FunctionVectorMethod:
+        """The method that applies a saved function vector: files store the vector with its scale applied."""
+        return cls(scale=float(settings.get("applied_scale", 1.0)))
+
+    def settings(self) -> dict:
+        return {"applied_scale": self.scale}
 
     def prompts(self, template: PromptTemplate, sets: Sequence[DemoSet]) -> list[list[str]]:
         """Per set, its demonstrations followed by each of its dummy queries."""
@@ -54,11 +65,13 @@ class FunctionVectorMethod:
 
     def from_prompts(self, executor: Executor, groups: Sequence[Sequence[str]]) -> torch.Tensor:
         """The function vector (len(groups), H) of each group of ICL prompts (means over the group)."""
+        if not self.heads or self.attention_rms is None:
+            raise TaskvecError("a function vector needs at least one (layer, head) and the attention rms to be made")
         sites = [Site(li, head=j) for li, j in self.heads]
         read = executor.read([p for group in groups for p in group], sites)
         values = torch.stack([read[site] for site in sites], dim=1)  # (N, k, head_dim)
         means = group_means(values, owners(groups), len(groups))  # (S, k, head_dim)
         return project_heads(executor.lm, means, self.heads, self.attention_rms).sum(1)
 
-    def edit(self, layer: int, vector: torch.Tensor) -> Add:
-        return Add(Site(layer), self.scale * vector)
+    def edits(self, layer: int, vector: torch.Tensor) -> list[Add]:
+        return [Add(Site(layer), self.scale * vector)]

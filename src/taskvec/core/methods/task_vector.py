@@ -34,6 +34,16 @@ class TaskVectorMethod:
     the block output at the last token."""
 
     name = "task_vector"
+    acts = "last"
+    operation = "replace"
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> TaskVectorMethod:
+        """The method that applies a saved task vector (it has no settings)."""
+        return cls()
+
+    def settings(self) -> dict:
+        return {}
 
     def prompts(self, template: PromptTemplate, sets: Sequence[DemoSet]) -> list[list[str]]:
         """Per set, its demonstrations followed by each of its dummy queries."""
@@ -67,5 +77,5 @@ class TaskVectorMethod:
         states, predictions = executor.states_and_predictions(groups, layers, flags)
         return group_means(states, owners(dummies), len(sets)), predictions
 
-    def edit(self, layer: int, vector: torch.Tensor) -> Replace:
-        return Replace(Site(layer), vector)
+    def edits(self, layer: int, vector: torch.Tensor) -> list[Replace]:
+        return [Replace(Site(layer), vector)]

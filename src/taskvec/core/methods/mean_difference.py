@@ -1,0 +1,68 @@
+"""Mean difference (the steering-vector baseline) as a method: defined here, once.
+
+The vector of a demonstration set at each layer is a mean of differences of last-token block outputs
+(:mod:`taskvec.core.methods.differences`): ``pairs`` (h(answer) - h(input) over the demonstrations: the
+In-Context Vector's differences, averaged instead of reduced by PCA) or ``icl_shift`` (h(ICL prompt) - h(bare
+query prompt) over the dummy queries). It is applied by *adding* ``scale`` times it to the block output at
+each layer of a range (default: all) and every position, prompt and generated tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from taskvec.core.interfaces import DemoSet, Executor
+from taskvec.core.methods.differences import icl_shifts, pair_differences
+from taskvec.core.sites import ALL, Add, Site
+from taskvec.errors import TaskvecError
+from taskvec.prompts import PromptTemplate
+
+DIFFERENCES = ("pairs", "icl_shift")
+
+
+class MeanDifferenceMethod:
+    """Demonstrations -> the mean difference at each layer; vector -> add ``scale`` times it at every position."""
+
+    name = "mean_difference"
+    acts = "every"
+    operation = "add"
+    differences = "pairs"
+    #: The setting chosen on dev (the strength of the edit).
+    strength_setting = "scale"
+
+    def __init__(self, scale: float = 1.0, layers: Sequence[int] | None = None, position: int | str = ALL) -> None:
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+            raise TaskvecError(f"mean-difference scale must be a finite number, got {scale!r}")
+        self.scale = float(scale)
+        self.layers = None if layers is None else [int(layer) for layer in layers]
+        self.position = position
+        Site(0, position)  # checks the position
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> MeanDifferenceMethod:
+        return cls(float(settings.get("scale", 1.0)), settings.get("layers"), settings.get("position", ALL))
+
+    def settings(self) -> dict:
+        return {"scale": self.scale, "layers": self.layers, "position": self.position,
+                "differences": self.differences}  # fmt: skip
+
+    def vectors(
+        self, executor: Executor, template: PromptTemplate, sets: Sequence[DemoSet], layers: Sequence[int]
+    ) -> torch.Tensor:
+        """The mean difference of each set at ``layers``: (len(sets), len(layers), H)."""
+        if self.differences == "pairs":
+            return pair_differences(executor, sets, layers).mean(1)
+        return icl_shifts(executor, template, sets, layers).mean(1)
+
+    def edits(self, layer: int, vector: torch.Tensor) -> list[Add]:
+        return [Add(Site(layer, self.position), self.scale * vector)]
+
+
+class IclShiftMethod(MeanDifferenceMethod):
+    """The mean difference of the ICL shift: h(ICL prompt) - h(bare query prompt) over the dummy queries."""
+
+    name = "icl_shift"
+    differences = "icl_shift"
