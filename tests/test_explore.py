@@ -119,6 +119,36 @@ def test_heatmap_is_the_engines_layer_sweep(tiny, result):
     assert [[t["token"] for t in row] for row in result["projection"]] == [[t for t, _ in row] for row in lens]
 
 
+@pytest.mark.parametrize(("method", "key"), [("fv", "function_vector"), ("icv", "in_context_vector"),
+                                           ("meandiff", "mean_difference")])  # fmt: skip
+def test_another_method_fills_the_answers_column(tiny, result, method, key):
+    """The answers column is the chosen method's vector applied as its method applies it (a function vector
+    at its default layer, the others at every layer); the heatmap, best layer and projection stay theta's."""
+    out = analysis.analyse(tiny, DEMOS, QUERIES, method=method)
+    vector = out["_vector"]
+    assert vector.method == key and out["method"]["key"] == key and out["method"]["name"] == method
+    expected_layer = tiny.num_layers // 3 if method == "fv" else None
+    assert vector.layer == out["method"]["layer"] == expected_layer
+    assert out["method"]["where"] == ("every layer" if expected_layer is None else f"layer {expected_layer}")
+    queries = out["heatmap"]["queries"]
+    assert [a[key] for a in out["answers"]] == apply_task_vector(tiny, vector, queries)
+    assert all("task_vector" not in a and set(a["correct"]) == {"icl", key, "zero_shot"} for a in out["answers"])
+    assert [a["icl"] for a in out["answers"]] == [a["icl"] for a in result["answers"]]
+    for name in ("heatmap", "best_layer", "projection"):
+        assert out[name] == result[name]
+    assert out["_task_vector"].method == "task_vector"
+    applied = analysis.apply_uploaded(tiny, compute.task_vector_bytes(vector), "f -> g\nz")
+    assert applied["method"] == {k: v for k, v in out["method"].items() if k != "name"}
+    assert [a["task_vector"] for a in applied["answers"]] == apply_task_vector(tiny, vector, ["f", "z"])
+    assert applied["answers"][0]["task_vector"] == out["answers"][0][key]
+
+
+def test_an_unknown_method_is_refused(tiny):
+    with pytest.raises(ExploreInputError, match=r"unknown method 'sae'; expected one of tv \(task vector\)"):
+        analysis.analyse(tiny, DEMOS, QUERIES, method="sae")
+    assert analysis.check_method(None) == "tv"
+
+
 def test_gold_probability_is_the_softmax_of_the_patched_logits(tiny, result):
     from taskvec.core.sites import replacements
     from taskvec.engine.batching import collate, encode

@@ -24,6 +24,7 @@ from taskvec.explore.jobs import MAX_PENDING, BusyError, JobRunner
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 DEMOS = "a -> b\nb -> c\nc -> d\nd -> e\ne -> f"
+METHODS_LABELS = {"icv": "In-Context Vector", "meandiff": "mean difference"}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,56 @@ def test_run_download_and_apply(client, tmp_path):
     assert status["state"] == "done"
     assert status["result"]["layer"] == result["best_layer"]
     assert status["result"]["answers"][0]["task_vector"] == result["answers"][0]["task_vector"]
+
+
+def test_method_selector_defaults_to_the_task_vector(client):
+    from taskvec.explore.analysis import METHODS
+
+    page = client.get("/").text
+    select = re.search(r'<select id="method">(.*?)</select>', page, re.S).group(1)
+    options = re.findall(r'<option value="([^"]+)"( selected)?>', select)
+    assert [value for value, _ in options] == list(METHODS) == ["tv", "fv", "icv", "meandiff"]
+    assert [value for value, selected in options if selected] == ["tv"]
+    assert [m["name"] for m in client.get("/api/info").json()["methods"]] == list(METHODS)
+    result = wait(client, client.post("/api/run", json={"demonstrations": DEMOS, "queries": "f -> g"}).json()["id"])
+    best = result["result"]["best_layer"]  # a request without a method (an older page) gets the task vector
+    assert result["result"]["method"] == {"name": "tv", "key": "task_vector", "label": "task vector", "layer": best,
+                                          "where": f"layer {best}"}  # fmt: skip
+    assert set(result["result"]["answers"][0]["correct"]) == {"icl", "task_vector", "zero_shot"}
+
+
+@pytest.mark.parametrize(("method", "key"), [("icv", "in_context_vector"), ("meandiff", "mean_difference")])
+def test_run_with_an_every_layer_method(client, tmp_path, method, key):
+    job = client.post("/api/run", json={"demonstrations": DEMOS, "queries": "f -> g\nx", "method": method}).json()
+    status = wait(client, job["id"])
+    assert status["state"] == "done", status
+    result = status["result"]
+    assert result["method"] == {"name": method, "key": key, "label": METHODS_LABELS[method], "layer": None,
+                                "where": "every layer"}  # fmt: skip
+    assert [a["query"] for a in result["answers"]] == ["f", "x"]
+    assert all(isinstance(a[key], str) and "task_vector" not in a for a in result["answers"])
+    assert result["answers"][0]["correct"][key] in (True, False) and result["answers"][1]["correct"][key] is None
+    assert len(result["heatmap"]["predictions"]) == 3  # the heatmap stays the task vector's
+    download = client.get(f"/api/jobs/{job['id']}/task_vector")
+    assert download.status_code == 200 and f'filename="{key}.safetensors"' in download.headers["content-disposition"]
+    path = tmp_path / f"{key}.safetensors"
+    path.write_bytes(download.content)
+    loaded = TaskVector.load(path)
+    assert loaded.method == key and loaded.layer is None
+    applied = client.post("/api/apply", json={"file": base64.b64encode(download.content).decode(), "queries": "f"})
+    status = wait(client, applied.json()["id"])
+    assert status["state"] == "done", status
+    assert status["result"]["method"]["key"] == key and status["result"]["method"]["where"] == "every layer"
+    assert status["result"]["answers"][0]["task_vector"] == result["answers"][0][key]
+
+
+@pytest.mark.parametrize("method", ["xyz", "", 3, ["tv"]])
+def test_unknown_method_is_a_400_naming_it(client, method):
+    response = client.post("/api/run", json={"demonstrations": DEMOS, "queries": "x", "method": method})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith(f"unknown method {method!r}; expected one of ")
+    assert "tv (task vector), fv (function vector), icv (In-Context Vector), meandiff (mean difference)" in error
 
 
 @pytest.mark.parametrize(

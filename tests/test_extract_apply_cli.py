@@ -113,7 +113,7 @@ def test_bad_input_exits_2_with_one_clear_line(argv, message, model_dir, demos, 
 
 
 def test_extract_function_vector_then_apply_adds_it(model_dir, demos, tmp_path, capsys):
-    """--method fv writes a format-3 file that says how it is applied (add) and which heads made it; apply
+    """--method fv writes a file that says how it is applied (add) and which heads made it; apply
     adds it at its layer: the same answers as the executor with that Add edit, unlike a replacing patch."""
     import torch
 
@@ -169,3 +169,43 @@ def test_apply_in_another_template_with_each_decoding(model_dir, demos, tmp_path
     assert main(["apply", str(out), "--query", "q", "r", "--max-new-tokens", "6", "--stop", "demos", "--json"]) == 0
     answers = [r["answer"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert all(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) <= 2 and "," not in a for a in answers)
+
+
+@pytest.mark.parametrize("method", ["icv", "meandiff", "shift"])
+def test_extract_every_position_method_then_apply_acts_at_every_position(method, model_dir, demos, tmp_path, capsys):
+    """--method icv/meandiff/shift writes a format-4 file with the method, its settings chosen on dev and no
+    layer (every layer) or one; apply decodes with the method's edits: the executor's answers with the same
+    edits at every position, and ``--alpha`` scales what the method scales (ICV: its strength)."""
+    from taskvec.core.methods import edits_at, method_for
+    from taskvec.models.loading import load_model
+    from taskvec.runtime import make_executor
+
+    out = tmp_path / f"upper-{method}.safetensors"
+    assert main(["extract", "--model", str(model_dir), "--demos", str(demos), "--method", method, "--n-dev", "6",
+                 "--shots", "3", "-o", str(out)]) == 0  # fmt: skip
+    assert "dev accuracy" in capsys.readouterr().out
+    vec = taskvec.TaskVector.load(out)
+    assert vec.method == {"icv": "in_context_vector", "meandiff": "mean_difference", "shift": "icl_shift"}[method]
+    assert vec.layer is None and vec.metadata["dev_accuracy"] == max(g["dev_accuracy"]
+                                                                      for g in vec.metadata["dev_grid"])
+    assert main(["apply", str(out), "--query", "q", "r", "--max-new-tokens", "3", "--stop", "newline",
+                 "--json"]) == 0  # fmt: skip
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["method"] == vec.method and shown["settings"] == vec.settings
+    lm = load_model(str(model_dir))
+    edits = edits_at(method_for(vec.method, vec.settings), vec.vectors)
+    assert {e.site.position for e in edits} == {"all"}
+    expected = make_executor(lm, "plain", 4).generate(["example:q->", "example:r->"], 3, [edits] * 2)
+    assert [r["answer"] for r in shown["results"]] == expected
+    doubled = 2 * vec
+    if method == "icv":
+        assert doubled.settings["strength"] == 2 * vec.settings["strength"]
+        assert torch_equal(doubled.vectors, vec.vectors)
+    else:
+        assert torch_equal(doubled.vectors, 2 * vec.vectors)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

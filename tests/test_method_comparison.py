@@ -53,10 +53,10 @@ def test_method_vector_equals_attribution_vector_on_both_executors(family):
     for kind in ("plain", "fast"):
         got = method.from_prompts(make_executor(lm, kind, 4), prompts)[0]
         torch.testing.assert_close(got, fv.vector, rtol=1e-4, atol=1e-5)
-    edit = method.edit(1, fv.vector)
+    (edit,) = method.edits(1, fv.vector)
     assert edit.site.layer == 1 and torch.equal(edit.value, 2.0 * fv.vector)
     queries = [DEFAULT_TEMPLATE.query_prompt(q) for q in "dkx"]
-    edits = [method.edit(layer, fv.vector) for layer in (0, 1, lm.num_layers - 1)]
+    edits = [method.edits(layer, fv.vector) for layer in (0, 1, lm.num_layers - 1)]
     plain = make_executor(lm, "plain", 4).predict(queries, edits, short=True).ids
     fast = make_executor(lm, "fast", 4).predict(queries, edits, short=True).ids
     assert torch.equal(plain, fast)
@@ -66,8 +66,8 @@ def test_parse_methods_aliases_order_and_errors():
     assert parse_methods("tv") == ("task_vector",)
     assert parse_methods("fv") == ("task_vector", "function_vector")  # the task vector is always compared
     assert parse_methods("function_vector, tv") == ("task_vector", "function_vector")
-    with pytest.raises(TaskvecError, match="'icv'"):
-        parse_methods("tv,icv")
+    with pytest.raises(TaskvecError, match="'nope'"):
+        parse_methods("tv,nope")
     with pytest.raises(TaskvecError, match="names no method"):
         parse_methods(" , ")
 
@@ -178,3 +178,58 @@ def test_report_marks_tasks_whose_function_vector_never_worked():
                "summary": {"methods": {"function_vector": {"accuracy": 0.25}}, "mean": {}}}  # fmt: skip
     chosen = {title: rows for title, _, rows in method_tables(results)}["Chosen on dev"]
     assert [row[5] for row in chosen] == ["0.00 (none worked)", "0.50"]
+
+
+EVERY = ("in_context_vector", "mean_difference", "icl_shift")
+
+
+def test_every_position_methods_with_their_controls_resume_and_leave_the_others_unchanged(gemma, tmp_path):
+    """``--methods tv,fv,icv,meandiff,shift``: each every-position method gets its dev choice, its random,
+    shuffled-label and task-agnostic controls; the task vector's and function vector's numbers equal those of a
+    tv,fv run (the every-position draws come after theirs); a resumed run gives the same controls."""
+    config = compared_config(methods=("task_vector", "function_vector", *EVERY))
+    results = run_main(config, tmp_path / "all", lm=gemma)
+    before = run_main(compared_config(), tmp_path / "tvfv", lm=gemma)
+    for name in TASKS:
+        task = results["tasks"][name]
+        assert set(task["methods"]) == {"task_vector", "function_vector", *EVERY}
+        for method in EVERY:
+            assert {f"{method}_random", f"shuffled_icl+{method}", f"{method}_task_agnostic"} <= set(task["controls"])
+            chosen = task["every_position"][method]
+            assert chosen["layer"] is None or 0 <= chosen["layer"] < gemma.num_layers
+            assert chosen["dev_accuracy"] == max(g["dev_accuracy"] for g in chosen["grid"])
+        for method in ("task_vector", "function_vector"):
+            assert task["methods"][method] == before["tasks"][name]["methods"][method]
+        for control, entry in before["tasks"][name]["controls"].items():
+            assert task["controls"][control] == entry
+    saved = json.loads((tmp_path / "all" / "run-config.json").read_text())
+    assert saved["every"] == {"single_layers": True, "refine_layers": 3}
+    assert "every" not in json.loads((tmp_path / "tvfv" / "run-config.json").read_text())
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert "ICV task-agnostic" in report and "Every-position methods chosen on dev" in report
+    (tmp_path / "all" / "results.json").unlink()
+    again = run_main(config, tmp_path / "all", lm=gemma)
+    for name in TASKS:
+        assert again["tasks"][name]["controls"] == results["tasks"][name]["controls"]
+
+
+def test_every_position_dev_search_scores_each_configuration_as_alone(gemma):
+    """The batched dev search gives each configuration the accuracy of its own predict call."""
+    from taskvec.experiments.every_position import EverySettings, choose_config, configured, row_edits_of
+    from taskvec.tasks.definitions import Pair
+    from taskvec.tasks.sampling import EvalSet
+
+    executor = make_executor(gemma, "plain", 4)
+    pairs = [Pair(x, y) for x, y in PAIRS]
+    sets = [EvalSet(tuple(pairs[i : i + 3]), pairs[i + 3], (pairs[i + 4].input,)) for i in range(5)]
+    prompts = [DEFAULT_TEMPLATE.query_prompt(s.query.input) for s in sets]
+    vectors = configured("mean_difference", 1.0).vectors(executor, DEFAULT_TEMPLATE, sets, range(gemma.num_layers))
+    from taskvec.core.decoding import decode_predictions
+
+    def score(predictions):
+        return sum(p == s.query.output for p, s in zip(predictions, sets)) / len(sets)
+
+    chosen = choose_config(executor, "mean_difference", prompts, vectors, score, EverySettings(refine_layers=1))
+    for g in chosen.grid:
+        edits = row_edits_of(configured("mean_difference", g["strength"]), vectors, g["layer"])
+        assert g["dev_accuracy"] == score(decode_predictions(gemma, executor.predict(prompts, edits).ids))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from tiny_models import make_tiny_model
 
-from taskvec.core.answering import step_edits
+from taskvec.core.answering import step_edits, with_steps
 from taskvec.core.decoding import CONTROL_MARKER, StopRule, decode_answer
 from taskvec.core.methods import TASK_VECTOR
-from taskvec.core.sites import Add, Replace
+from taskvec.core.sites import GENERATED, Add, Replace, Site
 from taskvec.errors import TaskvecError
 from taskvec.experiments.multitoken import (
     DEFAULT_VARIANT,
@@ -100,19 +100,24 @@ def test_decoding_modes_apply_the_vector_at_generated_positions(kind):
     executor = make_executor(lm, kind, 4)
     prompts = [DEFAULT_TEMPLATE.query_prompt(q) for q in ("a", "bc", "d")]
     thetas = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    first = [TASK_VECTOR.edit(1, v) for v in thetas]
+    first = [TASK_VECTOR.edits(1, v) for v in thetas]
     none = StopRule(eos=False, stop_strings=(), special=False)
     plain = executor.generate(prompts, 4, first, none)
     zero = step_edits(executor, prompts, first, "every_delta", alpha=0.0)
-    assert all(torch.count_nonzero(e.value) == 0 for e in zero)
-    assert executor.generate(prompts, 4, first, none, zero) == plain
+    assert all(len(row) == 1 and torch.count_nonzero(row[0].value) == 0 for row in zero)
+    assert executor.generate(prompts, 4, with_steps(first, zero), none) == plain
     assert step_edits(executor, prompts, first, "first") is None
+    assert with_steps(first, None) == [list(row) for row in first]
     replaced = step_edits(executor, prompts, first, "every_replace")
-    assert all(isinstance(e, Replace) and torch.equal(e.value, v) for e, v in zip(replaced, thetas))
+    for (e,), v in zip(replaced, thetas):
+        assert isinstance(e, Replace) and e.site == Site(1, GENERATED) and torch.equal(e.value, v)
     delta = step_edits(executor, prompts, first, "every_delta")
     own = executor.states([[p] for p in prompts], [1])[:, 0]
-    for e, v, h in zip(delta, thetas, own):
-        assert isinstance(e, Add) and torch.allclose(e.value, v - h, atol=1e-5)
+    for (e,), v, h in zip(delta, thetas, own):
+        assert isinstance(e, Add) and e.site == Site(1, GENERATED) and torch.allclose(e.value, v - h, atol=1e-5)
+    merged = with_steps(first, replaced)
+    assert [[type(e) for e in row] for row in merged] == [[Replace, Replace]] * 3
+    assert [[e.site.position for e in row] for row in merged] == [[-1, GENERATED]] * 3
     with pytest.raises(TaskvecError, match="decoding mode 'sometimes'"):
         step_edits(executor, prompts, first, "sometimes")
 
@@ -151,3 +156,21 @@ def test_asking_for_the_function_vector_leaves_the_task_vector_results_unchanged
         assert [e["query"] for e in entry["examples"]] == [e["query"] for e in with_fv["groups"][group]["examples"]]
         for name in VARIANTS:
             assert entry["variants"][name] == with_fv["groups"][group]["variants"][name]
+
+
+def test_every_position_methods_decode_with_their_edits_at_every_position_and_at_the_prompt_only(tmp_path):
+    from taskvec.experiments.multitoken_run import run_multitoken
+
+    lm = make_tiny_model("gemma3")
+    config = MultiTokenConfig(n_dev=4, n_test=3, max_new_tokens=3, templates=("paper",),
+                              every=("in_context_vector", "mean_difference"))  # fmt: skip
+    results = run_multitoken("tiny", [TASK], config, tmp_path, lm=lm)
+    task = results["tasks"]["mixed"]
+    assert set(task["every_position"]) == {"in_context_vector", "mean_difference"}
+    for entry in task["groups"].values():
+        assert {"icv_all_demos", "icv_prompt_demos", "meandiff_all_demos", "meandiff_prompt_demos"} <= set(
+            entry["variants"])
+    plain = evaluate_multitoken(lm, TASK, MultiTokenConfig(n_dev=4, n_test=3, max_new_tokens=3, templates=("paper",)))
+    for group, entry in plain["groups"].items():
+        for name in VARIANTS:  # the task vector's variants do not depend on the other methods
+            assert entry["variants"][name] == task["groups"][group]["variants"][name]

@@ -1,4 +1,4 @@
-"""TaskVector files (format 2): bit-exact round trip, refusal of damaged or foreign files, version-1 files,
+"""TaskVector files (format 4): bit-exact round trip, refusal of damaged or foreign files, version-1 files,
 the model check before applying, scaling and averaging."""
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def test_roundtrip_is_bit_exact_and_records_the_model(llama, tv, tmp_path):
     assert meta["dummy_queries"] == ["i", "k"] and len(meta["demonstrations_sha256"]) == 64
     _, header, _ = _header(path)
     stored = json.loads(header["__metadata__"]["taskvec"])
-    assert stored["format_version"] == FORMAT_VERSION == 3
+    assert stored["format_version"] == FORMAT_VERSION == 4
     assert (stored["method"], stored["operation"]) == ("task_vector", "replace")
+    assert (stored["acts"], stored["position"], stored["settings"]) == ("last", -1, {})
     assert stored["vectors_sha256"] == vectors_sha256(tv.vectors)
     assert (stored["num_layers"], stored["hidden_size"], stored["dtype"]) == (3, 32, "float32")
 
@@ -94,10 +95,10 @@ def test_newer_format_version_is_refused(tv, tmp_path):
     tv.save(path)
     size, header, raw = _header(path)
     meta = json.loads(header["__metadata__"]["taskvec"])
-    meta["format_version"] = 4
+    meta["format_version"] = FORMAT_VERSION + 1
     header["__metadata__"]["taskvec"] = json.dumps(meta)
     _rewrite(path, header, raw[8 + size :])
-    with pytest.raises(TaskVectorFileError, match="format version 4"):
+    with pytest.raises(TaskVectorFileError, match=f"format version {FORMAT_VERSION + 1}"):
         taskvec.TaskVector.load(path)
 
 

@@ -5,6 +5,7 @@ from taskvec.api import (
     SweepResult,
     TaskVector,
     apply_task_vector,
+    extract,
     extract_task_vector,
     layer_sweep,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "TaskvecError",
     "__version__",
     "apply_task_vector",
+    "extract",
     "extract_task_vector",
     "layer_sweep",
     "load_model",

@@ -1,6 +1,6 @@
 """The public functions and the TaskVector value (re-exported by :mod:`taskvec`)."""
 
-from taskvec.api.extraction import extract_task_vector, mean_states
+from taskvec.api.extraction import extract, extract_task_vector, mean_states
 from taskvec.api.patching import apply_task_vector
 from taskvec.api.sweep import SweepResult, layer_sweep
 from taskvec.api.task_vector import TaskVector
@@ -16,6 +16,7 @@ __all__ = [
     "TaskVector",
     "apply_task_vector",
     "decode_predictions",
+    "extract",
     "extract_task_vector",
     "generate",
     "generate_ids",

@@ -1,16 +1,18 @@
-"""Applying a vector file to queries: a task vector (theta) replaces block L's output at the bare query's last
-token; a function vector is added there (the file's ``operation``)."""
+"""Applying a vector file to queries the way its method applies it: the method is rebuilt by the registry
+from the name and settings the file records (a task vector replaces block L's output at the bare query's last
+token; a function vector is added there; a mean difference is added at every position of each layer of its
+range; an In-Context Vector steers every position)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from taskvec.api.compat import VectorsWithMetadata, check_compatible
-from taskvec.core.answering import DEFAULT_MODE, step_edits, stop_rule
+from taskvec.core.answering import DEFAULT_MODE, step_edits, stop_rule, with_steps
 from taskvec.core.decoding import StopRule, decode_predictions
 from taskvec.core.interfaces import Executor
-from taskvec.core.methods import TASK_VECTOR
-from taskvec.core.sites import Add, Edit, Site
+from taskvec.core.methods import acting_layers, edits_at, method_for
+from taskvec.core.sites import Edit
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
@@ -34,27 +36,44 @@ def template_of(task_vector: VectorsWithMetadata) -> PromptTemplate:
     return PromptTemplate(**stored)
 
 
+def vector_method(task_vector: VectorsWithMetadata):
+    """The method that applies ``task_vector``: the registry's, from the recorded name and settings."""
+    meta = task_vector.metadata
+    return method_for(str(meta.get("method", "task_vector")), meta.get("settings") or {})
+
+
+def vector_edits(task_vector: VectorsWithMetadata, layer: int | None = None) -> list[Edit]:
+    """The edits of ``task_vector`` at ``layer`` (default: its stored layer for a one-layer method; the layers
+    of its range for an every-position method)."""
+    method = vector_method(task_vector)
+    chosen = task_vector.layer if layer is None and method.acts == "last" else layer
+    if method.acts == "last" and chosen is None:
+        raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
+    num_layers = task_vector.vectors.shape[0]
+    for at in acting_layers(method, num_layers, chosen):
+        if not 0 <= at < num_layers:
+            raise TaskvecError(f"layer {at!r} is out of range: this task vector has layers 0..{num_layers - 1}")
+    return edits_at(method, task_vector.vectors, chosen)
+
+
 def patch_inputs(
     lm: LoadedModel,
     task_vector: VectorsWithMetadata,
     queries: Sequence[str],
     layer: int | None,
     template: PromptTemplate | None,
-) -> tuple[list[str], list[Edit]]:
-    """The checked bare query prompts and theta's edit for each (at ``layer``, default: the vector's own):
-    what applying ``task_vector`` to ``queries`` needs, for one-token and multi-token answers."""
+) -> tuple[list[str], list[list[Edit]]]:
+    """The checked bare query prompts and the vector's edits for each (at ``layer``, default: the vector's
+    own): what applying ``task_vector`` to ``queries`` needs, for one-token and multi-token answers."""
     check_compatible(lm, task_vector)
     queries = check_queries(queries)
-    chosen = task_vector.layer if layer is None else layer
-    if chosen is None:
-        raise TaskvecError("no layer given and this task vector has no chosen layer; pass layer=...")
-    (chosen,) = check_layers(lm, [chosen])
+    if layer is not None:
+        check_layers(lm, [layer])
+    edits = vector_edits(task_vector, layer)
+    check_layers(lm, sorted({e.site.layer for e in edits}))
     template = template or template_of(task_vector)
     prompts = [template.query_prompt(q) for q in queries]
-    vector = task_vector.at(chosen)
-    operation = getattr(task_vector, "operation", "replace")
-    edit = Add(Site(chosen), vector) if operation == "add" else TASK_VECTOR.edit(chosen, vector)
-    return prompts, [edit] * len(prompts)
+    return prompts, [edits] * len(prompts)
 
 
 def apply_task_vector(
@@ -105,7 +124,7 @@ def apply_generate(
     executor = executor or make_executor(lm, "fast", batch_size)
     steps = step_edits(executor, prompts, edits, mode) if max_new_tokens > 1 else None
     stop = stop or default_stop_rule(lm, task_vector, template)
-    return executor.generate(prompts, max_new_tokens, edits, stop, steps)
+    return executor.generate(prompts, max_new_tokens, with_steps(edits, steps), stop)
 
 
 def demonstrated_answers(task_vector: VectorsWithMetadata) -> list[str]:

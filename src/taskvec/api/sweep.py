@@ -1,4 +1,6 @@
-"""The layer sweep of a task vector: its answers to queries with theta patched at each layer."""
+"""The layer sweep of a vector file: its answers to queries with the vector applied at each layer, the way its
+method applies it (a task vector replaces, a function vector adds, an every-position method acts at that one
+layer only)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from taskvec.api.compat import VectorsWithMetadata, check_compatible
-from taskvec.api.patching import template_of
+from taskvec.api.patching import template_of, vector_method
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
-from taskvec.core.methods import TASK_VECTOR
 from taskvec.engine.forward import check_layers
 from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
@@ -43,7 +44,8 @@ def layer_sweep(
     template: PromptTemplate | None = None,
     executor: Executor | None = None,
 ) -> SweepResult:
-    """Patch ``task_vector`` at each layer into each query; score against ``answers`` (exact match of the
+    """Apply ``task_vector`` at each layer (as its method does: the file's ``method``) to each query; score
+    against ``answers`` (exact match of the
     stripped answer; experiments score with their task's rule on :attr:`SweepResult.predictions`)."""
     check_compatible(lm, task_vector)
     queries = check_queries(queries)
@@ -54,7 +56,7 @@ def layer_sweep(
     prompts = [template.query_prompt(q) for q in queries]
     vectors = task_vector.vectors.unsqueeze(0).expand(len(prompts), -1, -1)
     executor = executor or make_executor(lm, "fast")
-    ids = executor.sweep(prompts, vectors, layers, TASK_VECTOR)
+    ids = executor.sweep(prompts, vectors, layers, vector_method(task_vector))
     predictions = [decode_predictions(lm, row) for row in ids]
     accuracy = None
     if answers is not None:

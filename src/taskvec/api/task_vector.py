@@ -1,10 +1,17 @@
 """The TaskVector object and its safetensors file format (tensors + JSON metadata).
 
-Format version 3 (written now) is version 2 plus ``method`` (``task_vector`` or ``function_vector``) and
-``operation`` (``replace``: the vector replaces block L's output at the last token; ``add``: it is added
-there); a function vector's file also records its heads, k and scale, and stores the applied vector
-(scale included) at every layer (it does not depend on the layer). Version 1 and 2 files load as task vectors
-(``replace``).
+Format version 4 (written now) records how the vector is applied: ``method`` (a name of
+:data:`taskvec.core.methods.METHOD_CLASSES`: ``task_vector``, ``function_vector``, ``in_context_vector``,
+``mean_difference``, ``icl_shift``), its ``operation`` (``replace``, ``add`` or ``steer``), ``acts`` (``last``:
+one layer, the last prompt token; ``every``: each layer of a range, at every position), ``position`` (the
+sites' position: -1 or ``prompt``/``generated``/``all``) and ``settings`` (what the method needs to apply the
+vector again: a mean difference's scale, an ICV's strength, the layers it acts at). The registry rebuilds the
+method from them (:func:`taskvec.core.methods.method_for`): nothing outside ``core/methods`` branches on a
+method's name.
+
+Version 3 is version 2 plus ``method`` (``task_vector`` or ``function_vector``) and ``operation``
+(``replace`` or ``add``); a function vector's file stores the applied vector (scale included) at every
+layer. Version 1 and 2 files load as task vectors (``replace``). Every older file loads as what it was.
 
 Format version 2: one float32 tensor ``vectors`` (num_layers, hidden) and, under the
 safetensors metadata key ``taskvec``, a JSON object with the descriptive metadata (model id, weights
@@ -19,27 +26,32 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from taskvec.api.patching import apply_generate
+from taskvec.api.compat import check_compatible
+from taskvec.api.patching import apply_generate, vector_edits
+from taskvec.core.interfaces import Method
+from taskvec.core.methods import METHOD_CLASSES, TaskVectorMethod, method_for
+from taskvec.engine.steering import steering
 from taskvec.errors import TaskvecError, TaskVectorFileError
 from taskvec.io.vector_files import write_tensors
 
 _KEY = "taskvec"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: Keys written by ``save`` and checked (then dropped) by ``load``: not part of ``metadata``.
-_FILE_KEYS = ("format_version", "layer", "num_layers", "hidden_size", "dtype", "vectors_sha256")
-#: How each method's vector is applied (what ``operation`` may say).
-OPERATIONS = {"task_vector": "replace", "function_vector": "add"}
+_FILE_KEYS = ("format_version", "layer", "num_layers", "hidden_size", "dtype", "vectors_sha256", "acts", "position")
+#: The methods and operations of format-3 files (before the registry recorded more).
+_FORMAT3_OPERATIONS = {"task_vector": "replace", "function_vector": "add"}
 #: Metadata keys that say which model a vector belongs to; vectors mixed by ``mean`` must agree on them.
 MODEL_KEYS = ("model_id", "model_source", "architecture", "template", "prefix_ids")
-_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version", "method", "operation")
+_KEPT_BY_MEAN = ("model_class", "model_dtype", "taskvec_version", "method", "operation", "settings")
 
 
 def vectors_sha256(vectors: torch.Tensor) -> str:
@@ -66,13 +78,38 @@ class TaskVector:
 
     @property
     def method(self) -> str:
-        """``task_vector`` (the default, and every file before format 3) or ``function_vector``."""
-        return str(self.metadata.get("method", "task_vector"))
+        """The method's name (:data:`taskvec.core.methods.METHOD_CLASSES`); ``task_vector`` for every file
+        before format 3."""
+        return str(self.metadata.get("method", TaskVectorMethod.name))
 
     @property
     def operation(self) -> str:
-        """``replace`` (task vectors) or ``add`` (function vectors): how the vector is applied at its layer."""
-        return str(self.metadata.get("operation", OPERATIONS.get(self.method, "replace")))
+        """How the vector changes a value: ``replace`` (task vectors), ``add`` or ``steer``."""
+        return self.method_object().operation
+
+    @property
+    def settings(self) -> dict:
+        """What the method needs to apply the vector again (e.g. a scale), as recorded."""
+        return dict(self.metadata.get("settings") or {})
+
+    def method_object(self) -> Method:
+        """The method that applies this vector, rebuilt by the registry from the recorded name and settings."""
+        return method_for(self.method, self.settings)
+
+    def edits(self, layer: int | None = None) -> list:
+        """The edits this vector makes (at ``layer``, default: the stored layer, or for an every-position
+        method the layers it acts at)."""
+        return vector_edits(self, layer)
+
+    @contextmanager
+    def applied(self, lm, layer: int | None = None) -> Iterator[TaskVector]:
+        """``with vector.applied(lm):`` any forward or ``generate`` of ``lm.model`` inside the block sees this
+        vector's edits (at ``layer``; default as :meth:`edits`), on every row; they are removed on exit, also
+        after an exception. A forward with an empty key/value cache is a prompt (edits at the last prompt
+        token or at prompt positions), one with a filled cache runs generated tokens."""
+        check_compatible(lm, self)
+        with steering(lm, self.edits(layer)):
+            yield self
 
     @property
     def num_layers(self) -> int:
@@ -101,6 +138,10 @@ class TaskVector:
         if not torch.isfinite(torch.tensor(alpha)):
             raise TaskvecError(f"scale factor {alpha!r} is not a finite number")
         meta = dict(self.metadata, alpha=float(self.metadata.get("alpha", 1.0)) * alpha)
+        method = self.method_object()
+        if hasattr(method, "scaled_settings"):  # a method that uses the vector's direction only (ICV)
+            meta["settings"] = method.scaled_settings(alpha)
+            return TaskVector(vectors=self.vectors.clone(), layer=self.layer, metadata=meta)
         return TaskVector(vectors=self.vectors * alpha, layer=self.layer, metadata=meta)
 
     __rmul__ = __mul__
@@ -150,10 +191,15 @@ class TaskVector:
         """Write a .safetensors file (atomically: a temporary name, then rename)."""
         path = Path(path)
         vectors = self.vectors.detach().contiguous().float().cpu()
+        method = self.method_object()
+        position = next((e.site.position for e in method.edits(0, vectors[0])), -1)
         meta = {
             **{k: v for k, v in self.metadata.items() if k not in _FILE_KEYS},
             "method": self.method,
-            "operation": self.operation,
+            "operation": method.operation,
+            "acts": method.acts,
+            "position": position,
+            "settings": method.settings(),
             "format_version": FORMAT_VERSION,
             "layer": self.layer,
             "num_layers": vectors.shape[0],
@@ -196,12 +242,7 @@ class TaskVector:
                 f"{name} has task vector format version {version!r}; this taskvec reads versions "
                 f"{', '.join(map(str, READABLE_VERSIONS))} (a newer taskvec wrote it?)"
             )
-        method, operation = meta.get("method", "task_vector"), meta.get("operation", "replace")
-        if OPERATIONS.get(method) != operation:
-            raise TaskVectorFileError(
-                f"{name}: method {method!r} with operation {operation!r}; expected one of "
-                + ", ".join(f"{m} ({o})" for m, o in OPERATIONS.items())
-            )
+        _check_method(name, meta, version)
         if vectors.ndim != 2 or 0 in vectors.shape or not vectors.is_floating_point():
             raise TaskVectorFileError(f"{name}: 'vectors' has shape {tuple(vectors.shape)} {vectors.dtype}, "
                                       "expected a 2-D float tensor (layers, hidden)")  # fmt: skip
@@ -216,10 +257,39 @@ class TaskVector:
             )
         for key in _FILE_KEYS:
             meta.pop(key, None)
-        if (method, operation) == ("task_vector", "replace"):  # the default: implied, as in files before format 3
-            meta.pop("method", None)
-            meta.pop("operation", None)
+        if meta.get("method", "task_vector") == "task_vector":  # the default: implied, as before format 3
+            for key in ("method", "operation", "settings"):
+                meta.pop(key, None)
         return cls(vectors=vectors.float(), layer=layer, metadata=meta)
+
+
+def _check_method(name: str, meta: dict, version: int) -> None:
+    """The recorded method must be one the registry knows, with its own operation and valid settings."""
+    method, operation = meta.get("method", "task_vector"), meta.get("operation", "replace")
+    if version <= 3:
+        if _FORMAT3_OPERATIONS.get(method) != operation:
+            raise TaskVectorFileError(
+                f"{name}: method {method!r} with operation {operation!r}; expected one of "
+                + ", ".join(f"{m} ({o})" for m, o in _FORMAT3_OPERATIONS.items())
+            )
+        return
+    cls = METHOD_CLASSES.get(method)
+    if cls is None or cls.operation != operation:
+        raise TaskVectorFileError(
+            f"{name}: method {method!r} with operation {operation!r}; expected one of "
+            + ", ".join(f"{m} ({c.operation})" for m, c in METHOD_CLASSES.items())
+        )
+    settings = meta.get("settings", {})
+    if not isinstance(settings, dict):
+        raise TaskVectorFileError(f"{name}: settings {settings!r} is not a JSON object")
+    try:
+        cls.from_settings(settings)
+    except (TaskvecError, ValueError, TypeError) as exc:
+        raise TaskVectorFileError(f"{name}: settings {settings!r} are not valid for {method}: {exc}") from None
+    layers = settings.get("layers")
+    if layers is not None and (not isinstance(layers, list) or not all(type(x) is int and 0 <= x < meta.get(
+            "num_layers", 0) for x in layers)):  # fmt: skip
+        raise TaskVectorFileError(f"{name}: settings layers {layers!r} are not layer indices 0..num_layers-1")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
     layer = tv.layer if args.layer is None else args.layer
     if args.json:
         print(json.dumps({"task_vector": args.task_vector, "method": tv.method, "operation": tv.operation,
+                          "settings": tv.settings,
                           "model": model, "task": tv.metadata.get("task"), "template": template.to_dict(),
                           "decoding": args.decoding, "stop": args.stop,
                           "layer": layer, "alpha": args.alpha, "max_new_tokens": args.max_new_tokens,

@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-dummy", type=int, default=2, help="dummy queries per set")
     parser.add_argument("--n-dev", type=int, default=20, help="held-out pairs scored to choose the layer (at most)")
     parser.add_argument("--seed", type=int, default=0, help="which demonstrations and dummy queries are drawn")
-    parser.add_argument("--method", default="tv", choices=("tv", "fv", "task_vector", "function_vector"),
+    parser.add_argument("--method", default="tv",
                         help="tv: the task vector (replaces block L's output); fv: a function vector (head "
-                             "attribution, then the top heads' outputs summed and added at block L)")  # fmt: skip
+                             "attribution, then the top heads' outputs summed and added at block L); icv (In-Context "
+                             "Vector), meandiff (mean difference), shift (mean ICL shift): at every position of "
+                             "every layer or of one layer, strength chosen on dev")  # fmt: skip
     parser.add_argument("--fv-prompts", type=int, default=25,
                         help="with fv: clean and shuffled-label prompts for the head attribution")  # fmt: skip
     add_dtype_argument(parser)
@@ -48,13 +50,13 @@ def run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from taskvec.core.methods import ALIASES
+    from taskvec.core.methods import method_name
     from taskvec.experiments.extract import ExtractConfig, extract_for_task
     from taskvec.models.loading import check_model_spec, load_model
     from taskvec.tasks.registry import builtin_task, load_task_file
 
     require_positive(args, "n_sets", "shots", "n_dummy", "n_dev", "fv_prompts")
-    method = ALIASES.get(args.method, args.method)
+    method = method_name(args.method)
     config = ExtractConfig(shots=args.shots, n_sets=args.n_sets, n_dummy=args.n_dummy, n_dev=args.n_dev,
                            layer=parse_layer(args.layer), seed=args.seed, method=method,
                            fv_prompts=args.fv_prompts)  # fmt: skip
@@ -69,8 +71,9 @@ def run(args: argparse.Namespace) -> None:
         tv = extract_for_task(lm, task, config, progress=lambda done: bar.update(done - bar.n))
     tv.save(out)
     meta = tv.metadata
-    made = (f"{config.n_sets} set(s) of {config.shots} demonstrations" if method == "task_vector" else
-            f"function vector of {meta['k']} heads, scale {meta['scale']:g}, added")  # fmt: skip
-    print(f"task {task.name} on {args.model}: layer {tv.layer} of {lm.num_layers} ({meta['layer_selection']}), "
+    made = (f"function vector of {meta['k']} heads, scale {meta['scale']:g}, added" if "k" in meta else
+            f"{method} from {config.n_sets} set(s) of {config.shots} demonstrations")  # fmt: skip
+    where = f"layer {tv.layer}" if tv.layer is not None else f"layers {tv.settings.get('layers') or 'all'}"
+    print(f"task {task.name} on {args.model}: {where} of {lm.num_layers} ({meta['layer_selection']}), "
           f"dev accuracy {meta['dev_accuracy']:.2f} on {len(meta['dev_inputs'])} held-out pairs, "
           f"{made} -> {out}")  # fmt: skip

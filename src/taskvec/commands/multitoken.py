@@ -37,12 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-fv", action="store_true",
         help="also a function vector per task (head attribution and dev choice: minutes per task)",
     )  # fmt: skip
+    parser.add_argument(
+        "--methods", default="tv",
+        help="methods compared: tv (always), fv (as --with-fv), icv, meandiff, shift (every-position methods: "
+             "each decoded with its edits at every position, prompt and generated tokens, and at prompt "
+             "positions only). Example: --methods tv,fv,icv,meandiff",
+    )  # fmt: skip
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/multitoken-<model>)")
 
 
 def run(args: argparse.Namespace) -> None:
+    from taskvec.core.methods import EVERY_POSITION, FunctionVectorMethod, parse_methods
     from taskvec.engine.generation import check_max_new_tokens
     from taskvec.experiments.multitoken import MultiTokenConfig
     from taskvec.experiments.multitoken_run import run_multitoken
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> None:
     from taskvec.tasks.registry import load_tasks, resolve_task_names
 
     require_positive(args, "shots", "n_dev", "n_test")
+    methods = parse_methods(args.methods)
     check_max_new_tokens(args.max_new_tokens)
     names = args.tasks if args.tasks is not None else ([] if args.task_file else list(MULTITOKEN_TASKS))
     tasks = load_tasks(tuple(resolve_task_names(names)), args.task_file)
@@ -58,12 +66,15 @@ def run(args: argparse.Namespace) -> None:
     check_model_spec(args.model)
     out = Path(args.out) if args.out else Path("taskvec-runs") / f"multitoken-{Path(args.model).name}"
     config = MultiTokenConfig(shots=args.shots, n_dev=args.n_dev, n_test=args.n_test,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, with_fv=args.with_fv)  # fmt: skip
+                              max_new_tokens=args.max_new_tokens, seed=args.seed,
+                              with_fv=args.with_fv or FunctionVectorMethod.name in methods,
+                              every=tuple(m for m in methods if m in EVERY_POSITION))  # fmt: skip
     with task_progress(f"multitoken {args.model}") as progress:
         results = run_multitoken(args.model, tasks, config, out, dtype=args.dtype, progress=progress)
     for group, by_name in sorted(results["summary"]["variants"].items()):
-        best = max((n for n in by_name if n.startswith("tv_")), key=lambda n: by_name[n]["exact"] or 0)
         icl = by_name.get("icl_format", {}).get("exact")
-        print(f"{group} token(s): ICL {icl or 0:.2f}, best task-vector variant {best} "
+        vectors = [n for n in by_name if not n.startswith(("icl_", "zero_"))]
+        best = max(vectors, key=lambda n: by_name[n]["exact"] or 0)
+        print(f"{group} token(s): ICL {icl or 0:.2f}, best vector variant {best} "
               f"{by_name[best]['exact'] or 0:.2f}", file=sys.stderr)  # fmt: skip
     print(f"-> {out}/report.html")

@@ -38,9 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=41, help="sampling seed (41: the published results)")
     parser.add_argument(
         "--methods", default="tv",
-        help="methods compared: tv (the task vector: the paper), fv (function vectors, with head attribution); "
+        help="methods compared: tv (the task vector: the paper), fv (function vectors, with head attribution), "
+             "icv (In-Context Vectors), meandiff (mean difference h(answer) - h(input)), shift (mean ICL shift); "
              "more than tv adds the controls (random vector of the same norm, task-agnostic mean, shuffled-label "
-             "ICL with and without each vector). Example: --methods tv,fv",
+             "ICL with and without each vector). Example: --methods tv,fv,icv,meandiff",
+    )  # fmt: skip
+    parser.add_argument(
+        "--every-layers", default="both", choices=("both", "all"),
+        help="with icv/meandiff/shift: the configurations tried on dev: every layer at each strength and single "
+             "layers (both), or every layer only (all: the methods' definition)",
     )  # fmt: skip
     parser.add_argument("--fv-k", default="1,2,5,10", help="with fv: numbers of heads tried on dev")
     parser.add_argument("--fv-scales", default="0.5,1,2,4", help="with fv: scales of the vector tried on dev")
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> None:
     recheck_margin = check_recheck_margin(args.recheck_margin)
     methods = parse_methods(args.methods)
     fv = fv_settings(args) if "function_vector" in methods else {}
+    every = {} if args.every_layers == "both" else {"single_layers": False}
     batch_size, device = parse_batch_size(args.batch_size), check_device(args.device)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if not models:
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> None:
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
                             seed=args.seed, dtype=args.dtype, batch_size=batch_size,
-                            recheck_margin=recheck_margin, methods=methods, fv=fv)  # fmt: skip
+                            recheck_margin=recheck_margin, methods=methods, fv=fv, every=every)  # fmt: skip
         resuming = out.is_dir() and check_run_config(out, config.to_dict())  # refuses another configuration
         plans.append((model, out, config, finished_task_names(out, task_names) if resuming else []))
     run_dirs = []

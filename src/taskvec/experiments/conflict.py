@@ -100,7 +100,7 @@ def conflict_pair(
     theta_b = set_vectors(executor, b.template, sets_b, [layer_b])[:, 0, :]
     prompts = [a.template.icl_prompt(s.demo_tuples, s.query.input) for s in sets_a]
     icl = decode_predictions(executor.lm, executor.predict(prompts).ids)
-    edits = [TASK_VECTOR.edit(layer_b, v) for v in theta_b]
+    edits = [TASK_VECTOR.edits(layer_b, v) for v in theta_b]
     patched = decode_predictions(executor.lm, executor.predict(prompts, edits).ids)
 
     def score(preds: list[str], task: PreparedTask, gold) -> list[bool]:

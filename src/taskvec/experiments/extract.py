@@ -19,9 +19,10 @@ from taskvec.api.sweep import layer_sweep
 from taskvec.api.task_vector import TaskVector
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_index
+from taskvec.core.methods import EVERY_POSITION, FunctionVectorMethod, method_name
 from taskvec.engine.forward import check_layers
 from taskvec.errors import TaskDataError, TaskvecError
-from taskvec.experiments.extract_fv import extract_function_vector
+from taskvec.experiments.extract_fv import extract_every_position, extract_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.runtime import make_executor
 from taskvec.tasks.definitions import Task
@@ -39,12 +40,11 @@ class ExtractConfig:
     n_dev: int = 20
     layer: int | None = None  # None: choose by the dev sweep
     seed: int = 0
-    method: str = "task_vector"  # or "function_vector"
+    method: str = "task_vector"  # a name of core.methods.METHOD_CLASSES (or an alias)
     fv_prompts: int = 25  # function vector: clean and shuffled-label prompts for the head attribution
 
     def __post_init__(self) -> None:
-        if self.method not in ("task_vector", "function_vector"):
-            raise TaskvecError(f"method {self.method!r}; expected task_vector or function_vector")
+        object.__setattr__(self, "method", method_name(self.method))  # a clear error for an unknown one
         for name in ("shots", "n_sets", "n_dummy", "n_dev"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "n_dev" else 1):
@@ -86,8 +86,10 @@ def extract_for_task(
     the model (default: the fast one)."""
     executor = executor or make_executor(lm, "fast")
     prepared, rng, dev, pool = split_pairs(lm, task, config)
-    if config.method == "function_vector":
-        return extract_function_vector(lm, prepared, config, dev, pool, executor)
+    special = {FunctionVectorMethod.name: extract_function_vector,
+               **{name: extract_every_position for name in EVERY_POSITION}}  # fmt: skip
+    if config.method in special:
+        return special[config.method](lm, prepared, config, dev, pool, executor)
     pairs = list(prepared.pairs)
     per_set = config.shots + config.n_dummy
     vectors = []

@@ -1,4 +1,5 @@
-"""``taskvec extract --method fv``: a task's function vector in the task-vector file format (``operation: add``).
+"""``taskvec extract --method fv|icv|meandiff|shift``: a task's function vector (or an every-position method's
+vector) in the task-vector file format.
 
 Head attribution on ``fv_prompts`` clean ICL prompts drawn from the pool (and as many with shuffled labels),
 then the layer, k and scale with the best accuracy on the held-out dev pairs (``layer`` given: only that
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from taskvec.api.compat import model_metadata
 from taskvec.api.task_vector import TaskVector
 from taskvec.core.interfaces import Executor
+from taskvec.experiments.every_position import EverySettings, choose_config, configured
 from taskvec.experiments.method_comparison import shuffled
 from taskvec.heads.attribution import head_attribution
 from taskvec.heads.examples import sample_icl_examples
@@ -22,6 +24,7 @@ from taskvec.heads.selection import select_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
+from taskvec.tasks.sampling import EvalSet
 from taskvec.tasks.scoring import is_correct
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,6 @@ def extract_function_vector(
     metadata = {
         **model_metadata(lm),
         "method": "function_vector",
-        "operation": "add",
         "template": template.to_dict(),
         "heads": [list(h) for h in fv.heads],
         "k": fv.k,
@@ -72,3 +74,55 @@ def extract_function_vector(
     logger.info("task %s: function vector of %d heads at layer %d, scale %g, dev accuracy %.2f on %d pairs",
                 task.name, fv.k, fv.layer, fv.scale, best, len(dev))  # fmt: skip
     return TaskVector(vectors=applied, layer=fv.layer, metadata=metadata)
+
+
+def extract_every_position(
+    lm: LoadedModel, prepared: PreparedTask, config, dev: Sequence[Pair], pool: Sequence[Pair], executor: Executor
+) -> TaskVector:
+    """An every-position method's vector (``config.method``: ICV, mean difference, ICL shift) from ``n_sets``
+    demonstration sets drawn from ``pool``, averaged; its strength and layers chosen on ``dev`` as
+    ``taskvec run`` chooses them (:mod:`taskvec.experiments.every_position`)."""
+    task, template = prepared.task, prepared.template
+    rng = random.Random(f"{config.seed}:{task.name}")
+    per_set = config.shots + config.n_dummy
+    sets = []
+    for _ in range(config.n_sets):
+        chosen = rng.sample(list(pool), per_set)
+        demos, dummies = tuple(chosen[: config.shots]), tuple(p.input for p in chosen[config.shots :])
+        sets.append(EvalSet(demos, chosen[config.shots], dummies))
+    layers = list(range(lm.num_layers))
+    vector = configured(config.method, 1.0).vectors(executor, template, sets, layers).mean(0)
+    prompts = [template.query_prompt(p.input) for p in dev]
+
+    def score(predictions: Sequence[str]) -> float:
+        return sum(is_correct(p, d, task.scoring) for p, d in zip(predictions, dev)) / len(dev)
+
+    found = choose_config(executor, config.method, prompts, vector[None].expand(len(dev), -1, -1), score,
+                          EverySettings(), fixed_layer=config.layer)  # fmt: skip
+    method = found.method()
+    settings = method.settings()
+    if found.layer is not None:
+        settings["layers"] = [found.layer]
+    metadata = {
+        **model_metadata(lm),
+        "method": config.method,
+        "settings": settings,
+        "template": template.to_dict(),
+        "demonstration_sets": [[list(d) for d in s.demo_tuples] for s in sets],
+        "dummy_queries": [d for s in sets for d in s.dummies],
+        "task": task.name,
+        "task_source": task.source,
+        "scoring": task.scoring,
+        "shots": config.shots,
+        "n_sets": config.n_sets,
+        "seed": config.seed,
+        "layer_selection": "auto" if config.layer is None else "given",
+        "dev_inputs": [p.input for p in dev],
+        "dev_accuracy": found.dev_accuracy,
+        "dev_grid": found.grid,
+        "n_usable_pairs": len(dev) + len(pool),
+    }
+    logger.info("task %s: %s at %s, strength %g, dev accuracy %.2f on %d pairs", task.name, config.method,
+                "every layer" if found.layer is None else f"layer {found.layer}", found.strength, found.dev_accuracy,
+                len(dev))  # fmt: skip
+    return TaskVector(vectors=vector, layer=None, metadata=metadata)

@@ -11,9 +11,10 @@ import torch
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor, Made
 from taskvec.core.layers import best_layer
-from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod, TaskVectorMethod
+from taskvec.core.methods import EVERY_POSITION, TASK_VECTOR, FunctionVectorMethod, TaskVectorMethod
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN
+from taskvec.experiments.every_position import EverySettings
 from taskvec.experiments.method_comparison import FvSettings, choose_function_vector, compare_methods
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MIXED
@@ -49,6 +50,7 @@ class MainConfig:
     protocol: dict = field(default_factory=protocol_record)  # prompt/scoring choices (tasks.protocol)
     methods: tuple[str, ...] = (TaskVectorMethod.name,)  # more than the task vector: methods compared, controls
     fv: dict = field(default_factory=dict)  # FvSettings fields that differ from their defaults
+    every: dict = field(default_factory=dict)  # EverySettings fields (every-position methods) that differ
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,7 +61,20 @@ class MainConfig:
             del d["methods"], d["fv"]
         else:
             d["methods"], d["fv"] = list(self.methods), self.fv_settings.to_dict()
+        if self.every_position:
+            d["every"] = self.every_settings.to_dict()
+        else:  # as before every-position methods existed (a tv,fv run resumes its old directory)
+            del d["every"]
         return d
+
+    @property
+    def every_position(self) -> tuple[str, ...]:
+        """The every-position methods compared (In-Context Vectors, mean difference, ICL shift)."""
+        return tuple(m for m in self.methods if m in EVERY_POSITION)
+
+    @property
+    def every_settings(self) -> EverySettings:
+        return EverySettings(**self.every)
 
     @property
     def compares(self) -> bool:
@@ -176,7 +191,7 @@ def evaluate_task(
     with stage("test_theta_icl"):
         thetas, icl = TASK_VECTOR.vectors_and_predictions(executor, template, test, [best], icl_prompts)
     tv_thetas = thetas[:, 0, :]
-    edits = [TASK_VECTOR.edit(best, v) for v in tv_thetas]
+    edits = [TASK_VECTOR.edits(best, v) for v in tv_thetas]
     with stage("test_tv"):
         tv = executor.predict(test_prompts, edits, short=True, made=Made(TASK_VECTOR, template, test))
     bl_prompts = [template.query_prompt(p.input) for p in baseline_pairs]
@@ -219,10 +234,15 @@ def evaluate_task(
             if vectors_out is not None:
                 vectors_out["function_vector"] = task_fv.fv.vector
         outcomes = {"regular": icl_ok, "hypothesis": tv_ok}
-        methods, controls, batches = compare_methods(
-            executor, prepared, test, best, tv_thetas, outcomes, task_fv, rng
-        )
+        methods, controls, batches, chosen, means = compare_methods(
+            executor, prepared, test, best, tv_thetas, outcomes, task_fv, rng, dev=dev, every=config.every_position,
+            every_settings=config.every_settings,
+        )  # fmt: skip
         result["methods"], result["controls"] = methods, controls
+        if chosen:
+            result["every_position"] = chosen
+        if vectors_out is not None:
+            vectors_out.update(means)
         for method, layer, prompts, predictions, ok in batches:
             rows += example_rows(name, "test", method, layer, prompts, test, predictions, ok)
         result["seconds"] = round(time.perf_counter() - started, 2)

@@ -26,6 +26,7 @@ from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod
 from taskvec.engine.accounting import stage
+from taskvec.experiments.every_position import EverySettings, evaluate_every_position
 from taskvec.heads.attribution import HeadAttribution, head_attribution
 from taskvec.heads.examples import IclExample, shuffle_labels
 from taskvec.heads.function_vector import FunctionVector, random_like, random_same_norm
@@ -135,12 +136,19 @@ def compare_methods(
     outcomes: dict[str, list[bool]],
     task_fv: TaskFunctionVector | None,
     rng: random.Random,
-) -> tuple[dict, dict, list[tuple[str, int | None, list[str], list[str], list[bool]]]]:
-    """The methods and controls on the test sets: ({method: entry}, {control: entry}, per-example batches).
+    *,
+    dev: Sequence[EvalSet] = (),
+    every: Sequence[str] = (),
+    every_settings: EverySettings | None = None,
+) -> tuple[dict, dict, list[tuple[str, int | None, list[str], list[str], list[bool]]], dict, dict]:
+    """The methods and controls on the test sets: ({method: entry}, {control: entry}, per-example batches,
+    the every-position methods' chosen configurations, and their vectors averaged over the dev sets).
 
     ``thetas`` (len(test), H): each test set's task vector at ``best_layer``; ``outcomes``: correctness of
     "regular" (ICL) and "hypothesis" (task vector) per test item, already computed by the main protocol.
-    A batch of rows is (method, layer, prompts, predictions, correct).
+    A batch of rows is (method, layer, prompts, predictions, correct). ``every``: every-position methods
+    (:mod:`taskvec.experiments.every_position`), chosen on ``dev``; their draws come after all the others, so
+    that adding one changes no other method's numbers.
     """
     lm, template, scoring = executor.lm, prepared.template, prepared.task.scoring
     queries = [template.query_prompt(s.query.input) for s in test]
@@ -161,22 +169,29 @@ def compare_methods(
     controls: dict[str, dict] = {}
     with stage("controls"):
         controls["shuffled_icl"] = run("shuffled_icl", shuffled_prompts, None, None, False)
-        tv_edits = [TASK_VECTOR.edit(best_layer, v) for v in thetas]
+        tv_edits = [TASK_VECTOR.edits(best_layer, v) for v in thetas]
         controls["shuffled_icl+task_vector"] = run("shuffled_icl+task_vector", shuffled_prompts, tv_edits,
                                                    best_layer, False)  # fmt: skip
         random_thetas = random_same_norm(thetas, rng.randrange(2**31))
         controls["task_vector_random"] = run("task_vector_random", queries,
-                                             [TASK_VECTOR.edit(best_layer, v) for v in random_thetas], best_layer,
+                                             [TASK_VECTOR.edits(best_layer, v) for v in random_thetas], best_layer,
                                              True)  # fmt: skip
     if task_fv is not None:
         fv, method, layer = task_fv.fv, task_fv.method, task_fv.fv.layer
-        fv_edits = [method.edit(layer, fv.vector)] * len(test)
+        fv_edits = [method.edits(layer, fv.vector)] * len(test)
         with stage("test_fv"):
             methods["function_vector"] = run("function_vector", queries, fv_edits, layer, True)
         with stage("controls"):
             noise = random_like(fv, seed=rng.randrange(2**31)).vector
             controls["function_vector_random"] = run("function_vector_random", queries,
-                                                     [method.edit(layer, noise)] * len(test), layer, True)  # fmt: skip
+                                                     [method.edits(layer, noise)] * len(test), layer, True)  # fmt: skip
             controls["shuffled_icl+function_vector"] = run("shuffled_icl+function_vector", shuffled_prompts,
                                                            fv_edits, layer, False)  # fmt: skip
-    return methods, controls, batches
+    chosen, means = {}, {}
+    if every:
+        found, more, chosen, means = evaluate_every_position(executor, prepared, dev, test, every,
+                                                             every_settings or EverySettings(), rng,
+                                                             shuffled_prompts, run)  # fmt: skip
+        methods.update(found)
+        controls.update(more)
+    return methods, controls, batches, chosen, means

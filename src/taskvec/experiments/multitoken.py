@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, STOPS, step_edits, stop_rule
+from taskvec.core.answering import DEFAULT_MODE, DEFAULT_STOP_RULE, STOPS, step_edits, stop_rule, with_steps
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
 from taskvec.core.methods import TASK_VECTOR
-from taskvec.core.sites import Add, Site
+from taskvec.core.sites import PROMPT, Edit
+from taskvec.experiments.every_position import ChosenConfig, EverySettings, choose_config, configured, row_edits_of
 from taskvec.experiments.method_comparison import FvSettings, choose_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.prompts import PromptTemplate
@@ -55,6 +56,8 @@ VARIANTS = {
     "tv_every_delta_format_a2": ("every_delta", "format", 2.0),
 }
 DEFAULT_VARIANT = f"tv_{DEFAULT_MODE}_{DEFAULT_STOP_RULE}"
+#: Variant name prefixes of the every-position methods.
+SHORT_NAMES = {"in_context_vector": "icv", "mean_difference": "meandiff", "icl_shift": "shift"}
 #: Query templates of "prompts in other words" (the demonstrations' template is the paper's).
 OTHER_TEMPLATES = {
     "paper": "example:{input}->",
@@ -76,6 +79,7 @@ class MultiTokenConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     templates: tuple[str, ...] = tuple(OTHER_TEMPLATES)
     with_fv: bool = False  # also a function vector per task (chosen on the dev queries' first tokens)
+    every: tuple[str, ...] = ()  # every-position methods (in_context_vector, mean_difference, icl_shift)
     extra: dict = field(default_factory=dict)
 
 
@@ -137,19 +141,30 @@ def evaluate_multitoken(
     if config.with_fv:
         fv_rng = random.Random(f"{config.seed}:{task.name}:multitoken:fv")  # the test sets do not depend on it
         chosen = choose_function_vector(executor, prepared, dev_sets, FvSettings(), fv_rng, scoring="prefix")
-        fv = Add(Site(chosen.fv.layer), chosen.fv.scale * chosen.fv.vector)
+        fv = chosen.method.edits(chosen.fv.layer, chosen.fv.vector)
 
     result: dict = {"task": task.name, "layer": layer, "dev_first_token_accuracy": dev_accuracy[layer],
                     "answer_prefix": template.answer_prefix, "default_variant": DEFAULT_VARIANT,
                     "groups": {}, "templates": {}}  # fmt: skip
     if fv is not None:
         result["function_vector"] = {k: v for k, v in chosen.to_dict().items() if k != "attribution"}
+    every: dict[str, ChosenConfig] = {}
+
+    def first_tokens(predictions: list[str]) -> float:
+        ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(predictions, dev_sets)]
+        return sum(ok) / max(1, len(ok))
+
+    for name in config.every:  # chosen on the dev queries' first tokens, as the task vector's layer
+        vectors = configured(name, 1.0).vectors(executor, template, dev_sets, all_layers)
+        every[name] = choose_config(executor, name, dev_prompts, vectors, first_tokens, EverySettings())
+    if every:
+        result["every_position"] = {n: {k: v for k, v in c.to_dict().items() if k != "grid"} for n, c in every.items()}
     for group, queries in test_queries.items():
         if not queries:
             continue
         sets = build_sets(pairs, queries, config.shots, config.n_dummy, rng)
         thetas = TASK_VECTOR.vectors(executor, template, sets, [layer])[:, 0, :]  # once, for every variant
-        answers = _answers(executor, template, sets, layer, thetas, config, fv)
+        answers = _answers(executor, template, sets, layer, thetas, config, fv, every)
         exact = {m: [a in _accepted(q) for a, q in zip(found, queries)] for m, found in answers.items()}
         f1 = {m: [token_f1(a, q) for a, q in zip(found, queries)] for m, found in answers.items()}
         named = {"task_vector": DEFAULT_VARIANT, "regular": "icl_format", "zero_shot": "zero_format"}
@@ -173,24 +188,35 @@ def _answers(
     layer: int,
     thetas: torch.Tensor,
     config: MultiTokenConfig,
-    fv: Add | None = None,
+    fv: list[Edit] | None = None,
+    every: dict[str, ChosenConfig] | None = None,
 ) -> dict:
     """Decoded answers of every variant and of ICL / zero-shot under every stop rule (and, with ``fv``, the
-    function vector added at the prompt's last position only, and at every generated token too)."""
+    function vector added at the prompt's last position only, and at every generated token too; for each
+    every-position method of ``every``, its edits at every position, prompt and generated tokens (its
+    definition: ``<short>_all_demos``), and at prompt positions only (``<short>_prompt_demos``))."""
     prompts = [template.query_prompt(s.query.input) for s in sets]
     icl_prompts = [template.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
-    first = [TASK_VECTOR.edit(layer, v) for v in thetas]
+    first = [TASK_VECTOR.edits(layer, v) for v in thetas]
     shown = [y for s in sets for _, y in s.demo_tuples]  # the demonstrated answers (for the "demos" rule)
     rules = {stop: stop_rule(stop, template, shown, executor.lm.tokenizer) for stop in STOPS}
     out: dict[str, list[str]] = {}
     for name in config.variants:
         mode, stop, alpha = VARIANTS[name]
         steps = step_edits(executor, prompts, first, mode, alpha)
-        out[name] = executor.generate(prompts, config.max_new_tokens, first, rules[stop], steps)
+        out[name] = executor.generate(prompts, config.max_new_tokens, with_steps(first, steps), rules[stop])
     if fv is not None:
         added = [fv] * len(prompts)
         out["fv_first_demos"] = executor.generate(prompts, config.max_new_tokens, added, rules["demos"])
-        out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, added, rules["demos"], added)
+        kept_on = with_steps(added, step_edits(executor, prompts, added, "every_replace"))
+        out["fv_every_demos"] = executor.generate(prompts, config.max_new_tokens, kept_on, rules["demos"])
+    for name, chosen in (every or {}).items():
+        short = SHORT_NAMES.get(name, name)
+        vectors = configured(name, 1.0).vectors(executor, template, sets, list(range(executor.lm.num_layers)))
+        for where, position in (("all", None), ("prompt", PROMPT)):
+            method = configured(name, chosen.strength, position)
+            edits = row_edits_of(method, vectors, chosen.layer)
+            out[f"{short}_{where}_demos"] = executor.generate(prompts, config.max_new_tokens, edits, rules["demos"])
     for stop in STOPS:
         out[f"icl_{stop}"] = executor.generate(icl_prompts, config.max_new_tokens, None, rules[stop])
         out[f"zero_{stop}"] = executor.generate(prompts, config.max_new_tokens, None, rules[stop])
@@ -204,7 +230,7 @@ def _in_other_words(
     layer: int,
     thetas: torch.Tensor,
     query: str,
-    fv: Add | None = None,
+    fv: list[Edit] | None = None,
 ) -> dict:
     """First-token correctness (prefix rule) in the template ``query`` of: zero-shot, ICL (demonstrations in
     that template) and the task vector extracted with the paper's template, patched at ``layer``."""
@@ -214,7 +240,7 @@ def _in_other_words(
     prompts = [other.query_prompt(s.query.input) for s in sets]
     icl = [other.icl_prompt(s.demo_tuples, s.query.input) for s in sets]
     found = {
-        "task_vector": executor.predict(prompts, [TASK_VECTOR.edit(layer, v) for v in thetas], short=True).ids,
+        "task_vector": executor.predict(prompts, [TASK_VECTOR.edits(layer, v) for v in thetas], short=True).ids,
         "regular": executor.predict(icl).ids,
         "zero_shot": executor.predict(prompts, short=True).ids,
     }

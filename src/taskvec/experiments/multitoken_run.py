@@ -33,7 +33,8 @@ def run_multitoken(
 ) -> dict:
     started = time.perf_counter()
     wanted = {"command": "multitoken", "model": model, "dtype": dtype, "tasks": [t.name for t in tasks],
-              **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}}  # fmt: skip
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
+                 if k != "every" or v}}  # fmt: skip (no every-position method: the configuration of before)
     with output_dir_lock(out_dir) as out:
         resuming = open_run_dir(out, wanted)
         lm = lm or load_model(model, dtype=dtype)

@@ -18,9 +18,9 @@ from safetensors import safe_open
 
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
-from taskvec.core.methods import TASK_VECTOR
-from taskvec.core.sites import Add, Site
+from taskvec.core.methods import TASK_VECTOR, method_for
 from taskvec.errors import TaskvecError
+from taskvec.experiments.every_position import configured, row_edits_of
 from taskvec.experiments.main_experiment import MainConfig, example_rows, task_splits
 from taskvec.experiments.method_comparison import method_entry
 from taskvec.experiments.outdir import task_result_path
@@ -71,12 +71,17 @@ def task_agnostic(
     plans = []
     layer = int(result["best_layer"])
     theta = others_mean(vectors, "theta_dev_mean", name)[layer]
-    plans.append(("task_vector_task_agnostic", layer, TASK_VECTOR.edit(layer, theta)))
+    plans.append(("task_vector_task_agnostic", layer, TASK_VECTOR.edits(layer, theta)))
     fv = result.get("function_vector")
     if fv is not None:
         fv_layer = int(fv["layer"])
         mean = others_mean(vectors, "function_vector", name)
-        plans.append(("function_vector_task_agnostic", fv_layer, Add(Site(fv_layer), float(fv["scale"]) * mean)))
+        method = method_for("function_vector", {"applied_scale": float(fv["scale"])})
+        plans.append(("function_vector_task_agnostic", fv_layer, method.edits(fv_layer, mean)))
+    for method, chosen in (result.get("every_position") or {}).items():
+        mean = others_mean(vectors, method, name)
+        edits = row_edits_of(configured(method, float(chosen["strength"])), mean[None], chosen["layer"])[0]
+        plans.append((f"{method}_task_agnostic", chosen["layer"], edits))
     outcomes, batches = {}, []
     for method, at, edit in plans:
         predictions = decode_predictions(lm, executor.predict(prompts, [edit] * len(prompts), short=True).ids)

@@ -1,9 +1,10 @@
 """The functions behind the explorer's panels: box text in, a JSON-ready result out.
 
-``analyse`` runs one exploration: theta from the demonstrations, then for the queries the ICL, task-vector
+``analyse`` runs one exploration: theta from the demonstrations, then for the queries the ICL, chosen method's
 and zero-shot answers, the layer x query heatmap (patched answer, correct or not, probability of the gold
-first token), the best layer, and theta's vocabulary projection at every layer. Model work goes through
-:mod:`taskvec.explore.compute` only.
+first token), the best layer, and theta's vocabulary projection at every layer. The method (:data:`METHODS`)
+only changes the answers column and the downloadable vector: the heatmap, the best layer and the projection
+are always the task vector's. Model work goes through :mod:`taskvec.explore.compute` only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ logger = logging.getLogger(__name__)
 TOP_K = 8  # tokens of theta's vocabulary projection listed per layer
 ANSWER_CHUNK = 16  # prompts per call for the ICL and zero-shot answers (progress and cancel in between)
 Report = Callable[[float, str], None]  # (fraction done, what is running); may raise Cancelled
+#: The methods the answers column offers (aliases of :func:`taskvec.extract`, the page's selector lists the
+#: same, the first is the default) and their labels.
+METHODS = {"tv": "task vector", "fv": "function vector", "icv": "In-Context Vector", "meandiff": "mean difference"}
+DEFAULT_METHOD = "tv"
+#: Labels of the methods a vector file may record (full names), for the apply panel.
+LABELS = {"task_vector": "task vector", "function_vector": "function vector", "in_context_vector": "In-Context Vector",
+          "mean_difference": "mean difference", "icl_shift": "ICL shift"}  # fmt: skip
 
 
 class Cancelled(Exception):
@@ -72,6 +80,29 @@ class _Setup:
     template: compute.PromptTemplate
     dummies: list[str] | None
     task: Task | None
+
+
+def check_method(method: object) -> str:
+    """The answers column's method: an alias of :data:`METHODS` (None or absent: the task vector)."""
+    if method is None:
+        return DEFAULT_METHOD
+    if isinstance(method, str) and method in METHODS:
+        return method
+    allowed = ", ".join(f"{alias} ({label})" for alias, label in METHODS.items())
+    raise ExploreInputError(f"unknown method {method!r}; expected one of {allowed}")
+
+
+def _method_info(vector: compute.TaskVector) -> dict:
+    """What the page says about a vector: its method (full name, the answers' key), label and where it acts."""
+    method = vector.method_object()
+    if vector.layer is not None:
+        where = f"layer {vector.layer}"
+    elif getattr(method, "layers", None) is None:
+        where = "every layer"
+    else:
+        where = "layers " + ", ".join(map(str, method.layers))
+    return {"key": vector.method, "label": LABELS.get(vector.method, vector.method.replace("_", " ")),
+            "layer": vector.layer, "where": where}  # fmt: skip
 
 
 def _setup(lm: LoadedModel, task_name: str | None, demos: list[tuple[str, str]], queries: list[Query]) -> _Setup:
@@ -139,11 +170,19 @@ def _answers(lm: LoadedModel, prompts: list[str], report: Report, span: tuple[fl
 
 
 def analyse(
-    lm: LoadedModel, demonstrations: object, queries: object, task: str | None = None, report: Report | None = None
+    lm: LoadedModel,
+    demonstrations: object,
+    queries: object,
+    task: str | None = None,
+    report: Report | None = None,
+    method: str | None = DEFAULT_METHOD,
 ) -> dict:
-    """One exploration: box texts in, the panels' data out (see the module docstring)."""
+    """One exploration: box texts in, the panels' data out (see the module docstring). ``method``: whose
+    answers fill the answers column and whose vector is downloaded (:data:`METHODS`; default: the task vector
+    at the best layer; a function vector at its default layer; the others at every layer, default settings)."""
     started = time.perf_counter()
     report = report or (lambda fraction, message: None)
+    method = check_method(method)
     if task is not None and task not in ALL_TASKS:
         raise ExploreInputError(f"unknown task {task!r}; pick one of the list or none")
     parsed_demos, parsed_queries = parse_demonstrations(demonstrations), parse_queries(queries)
@@ -155,6 +194,10 @@ def analyse(
     template = setup.template
     report(0.05, "extracting the task vector")
     theta = compute.extract(lm, demos, template, setup.dummies)
+    vector = theta
+    if method != "tv":
+        report(0.10, f"extracting the {METHODS[method]}")
+        vector = compute.extract_method(lm, demos, method, template, setup.dummies)
     inputs = [q.input for q in qs]
     icl = _answers(lm, [template.icl_prompt(demos, x) for x in inputs], report, (0.15, 0.25), "ICL answers")
     zero_shot = _answers(lm, [template.query_prompt(x) for x in inputs], report, (0.25, 0.30), "zero-shot answers")
@@ -170,14 +213,16 @@ def analyse(
     agree = [[p == icl[j] for j, p in enumerate(row)] for row in grid]
     best, basis = _best_layer(correct, probs, agree)
     theta.layer = best
-    report(0.92, "task-vector answers at the best layer")
-    patched = compute.apply_at(lm, theta, inputs)
+    info = _method_info(vector)
+    key = info["key"]  # the answers' key: the method's full name (``task_vector`` for the task vector)
+    report(0.92, "task-vector answers at the best layer" if method == "tv" else f"{info['label']} answers")
+    patched = compute.apply_at(lm, vector, inputs)
     report(0.96, "vocabulary projection")
     projection = compute.layer_top_tokens(lm, theta, TOP_K)
     answers = []
     for j, q in enumerate(qs):
-        row = {"query": q.input, "gold": q.gold, "icl": icl[j], "task_vector": patched[j], "zero_shot": zero_shot[j]}
-        row["correct"] = {k: score(row[k], j) for k in ("icl", "task_vector", "zero_shot")}
+        row = {"query": q.input, "gold": q.gold, "icl": icl[j], key: patched[j], "zero_shot": zero_shot[j]}
+        row["correct"] = {k: score(row[k], j) for k in ("icl", key, "zero_shot")}
         answers.append(row)
     scored = [j for j, r in enumerate(rules) if r is not None]
     accuracy = [sum(bool(row[j]) for j in scored) / len(scored) if scored else None for row in correct]
@@ -189,6 +234,7 @@ def analyse(
         "template": template.to_dict(),
         "demonstrations": [list(d) for d in demos],
         "notices": notices,
+        "method": {"name": method, **info},
         "answers": answers,
         "heatmap": {
             "layers": list(range(lm.num_layers)),
@@ -202,12 +248,15 @@ def analyse(
         "best_layer_basis": basis,
         "projection": [[{"token": t, "logit": round(v, 3)} for t, v in row] for row in projection],
         "seconds": round(time.perf_counter() - started, 2),
-        "_task_vector": theta,  # not JSON: the web layer keeps it for the download button
+        "_task_vector": theta,  # not JSON: the task vector of the heatmap (at the best layer)
+        "_vector": vector,  # not JSON: the chosen method's vector, kept by the web layer for the download button
     }
 
 
 def apply_uploaded(lm: LoadedModel, data: bytes, queries: object) -> dict:
-    """A saved task vector file applied at its stored layer to typed queries (scored where a gold is given)."""
+    """A saved vector file (of any method) applied as its method applies it, a one-layer method at its stored
+    layer, to typed queries (scored where a gold is given). The answers' key is ``task_vector`` whatever the
+    method; ``method`` says which it is."""
     qs = list(parse_queries(queries).items)
     inputs = [q.input for q in qs]
     theta, patched, zero_shot = compute.apply_file(lm, data, inputs)
@@ -223,6 +272,7 @@ def apply_uploaded(lm: LoadedModel, data: bytes, queries: object) -> dict:
         rows.append({"query": q.input, "gold": q.gold, "task_vector": t, "zero_shot": z, "correct": correct})
     return {
         "layer": theta.layer,
+        "method": _method_info(theta),
         "model": theta.metadata.get("model_id"),
         "demonstrations": theta.metadata.get("demonstrations", []),
         "answers": rows,

@@ -73,6 +73,7 @@ def create_app(lm: LoadedModel, runner: JobRunner | None = None) -> Starlette:
     async def info(request: Request) -> Response:
         return JSONResponse({
             "model": lm.model_id, "num_layers": lm.num_layers, "tasks": analysis.task_catalog(),
+            "methods": [{"name": k, "label": v} for k, v in analysis.METHODS.items()],
             "limits": {"demonstrations": inputs.MAX_DEMONSTRATIONS, "queries": inputs.MAX_QUERIES,
                        "line_chars": inputs.MAX_LINE_CHARS},
         }, headers=HEADERS)  # fmt: skip
@@ -99,11 +100,12 @@ def create_app(lm: LoadedModel, runner: JobRunner | None = None) -> Starlette:
         inputs.parse_queries(queries)
         if task_name is not None and not isinstance(task_name, str):
             raise TaskvecError("task must be a task name or empty")
+        method = analysis.check_method(data.get("method"))  # an unknown one is a 400 before any work
 
         def work(report):
-            result = analysis.analyse(lm, demos, queries, task_name, report)
-            theta = result.pop("_task_vector")
-            return result, theta
+            result = analysis.analyse(lm, demos, queries, task_name, report, method=method)
+            result.pop("_task_vector")
+            return result, result.pop("_vector")  # the chosen method's vector, for the download
 
         return JSONResponse(runner.submit("analyse", work).status(), headers=HEADERS)
 
@@ -141,7 +143,8 @@ def create_app(lm: LoadedModel, runner: JobRunner | None = None) -> Starlette:
         job = _job(request)
         if job.state != "done" or not isinstance(job.extra, compute.TaskVector):
             raise HTTPException(409, "this run has no task vector to download")
-        headers = {**HEADERS, "Content-Disposition": 'attachment; filename="task_vector.safetensors"'}
+        name = job.extra.method if job.extra.method in analysis.LABELS else "vector"  # a registry name: safe
+        headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}.safetensors"'}
         return Response(compute.task_vector_bytes(job.extra), media_type="application/octet-stream", headers=headers)
 
     async def on_taskvec_error(request: Request, exc: Exception) -> Response:

@@ -1,10 +1,10 @@
 """The explorer's only door into the engine: every model computation of ``taskvec explore`` is here.
 
-The panels call the same functions as the CLI (``extract_task_vector``, ``predict_token_ids``,
-``apply_task_vector``, ``project_to_vocab``, ``TaskVector`` files). The one thing the engine does not give is
-the probability of the gold answer's first token at each patched layer (``layer_sweep`` returns argmax
-tokens only); :func:`patched_grid` computes it with the engine's own patched forward passes, and its
-argmax predictions are the sweep's (checked by the tests).
+The panels call the same functions as the CLI (``extract_task_vector``, ``extract`` for the other methods,
+``predict_token_ids``, ``apply_task_vector``, ``project_to_vocab``, ``TaskVector`` files). The one thing the
+engine does not give is the probability of the gold answer's first token at each patched layer
+(``layer_sweep`` returns argmax tokens only); :func:`patched_grid` computes it with the engine's own patched
+forward passes, and its argmax predictions are the sweep's (checked by the tests).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from taskvec.api.extraction import extract as extract_vector
 from taskvec.api.extraction import extract_task_vector
 from taskvec.api.patching import apply_task_vector, template_of
 from taskvec.api.task_vector import TaskVector
@@ -39,6 +40,19 @@ def extract(
 ) -> TaskVector:
     """theta at every layer (answers of several tokens allowed: theta is read at the query's ``->``)."""
     return extract_task_vector(lm, demonstrations, dummies or None, template=template, single_token_answers=False)
+
+
+def extract_method(
+    lm: LoadedModel,
+    demonstrations: Sequence[tuple[str, str]],
+    method: str,
+    template: PromptTemplate,
+    dummies: Sequence[str] | None,
+) -> TaskVector:
+    """The vector of ``method`` (an alias of :func:`taskvec.extract`: ``fv``, ``icv``, ``meandiff``...) with
+    its default settings, in a :class:`TaskVector` that records how it is applied (a function vector at its
+    default layer, an every-position method at every layer)."""
+    return extract_vector(lm, demonstrations, method, dummy_queries=dummies or None, template=template)
 
 
 def greedy_answers(lm: LoadedModel, prompts: Sequence[str]) -> list[str]:
@@ -132,11 +146,12 @@ def layer_top_tokens(lm: LoadedModel, theta: TaskVector, k: int) -> list[list[tu
 
 
 def apply_at(lm: LoadedModel, theta: TaskVector, queries: Sequence[str], layer: int | None = None) -> list[str]:
+    """Answers with ``theta`` applied the way its method applies it (at ``layer``, default: its own)."""
     return apply_task_vector(lm, theta, queries, layer)
 
 
 def task_vector_bytes(theta: TaskVector) -> bytes:
-    """The task vector as a ``.safetensors`` file (the format of ``taskvec extract``)."""
+    """The vector (of any method) as a ``.safetensors`` file (the format of ``taskvec extract``)."""
     with tempfile.TemporaryDirectory(prefix="taskvec-explore-") as folder:
         path = Path(folder) / "task_vector.safetensors"
         theta.save(path)
@@ -152,7 +167,8 @@ def load_task_vector(data: bytes) -> TaskVector:
 
 
 def apply_file(lm: LoadedModel, data: bytes, queries: Sequence[str]) -> tuple[TaskVector, list[str], list[str]]:
-    """An uploaded task vector applied at its stored layer to ``queries``: (vector, patched, zero-shot)."""
+    """An uploaded vector applied as its method applies it (a one-layer method at its stored layer) to
+    ``queries``: (vector, patched, zero-shot)."""
     theta = load_task_vector(data)
     patched = apply_task_vector(lm, theta, queries)
     template = template_of(theta)

@@ -12,24 +12,25 @@ from matplotlib.figure import Figure
 from taskvec.report.plots import DPI, _empty, _model_name, _png, literal_text, num, num_layers, ordered_tasks
 
 #: Columns of the comparison, in order: (key in a task's methods/controls, or regular/baseline; header).
+_SHORT = (("task_vector", "TV"), ("function_vector", "FV"), ("in_context_vector", "ICV"),
+          ("mean_difference", "MD"), ("icl_shift", "Shift"))
 COLUMNS = (
     ("baseline", "Zero-shot"),
     ("regular", "ICL"),
-    ("task_vector", "TV"),
-    ("function_vector", "FV"),
-    ("task_vector_random", "TV random"),
-    ("function_vector_random", "FV random"),
-    ("task_vector_task_agnostic", "TV task-agnostic"),
-    ("function_vector_task_agnostic", "FV task-agnostic"),
+    *((key, short) for key, short in _SHORT),
+    *((f"{key}_random", f"{short} random") for key, short in _SHORT),
+    *((f"{key}_task_agnostic", f"{short} task-agnostic") for key, short in _SHORT),
     ("shuffled_icl", "Shuffled ICL"),
-    ("shuffled_icl+task_vector", "Shuffled ICL + TV"),
-    ("shuffled_icl+function_vector", "Shuffled ICL + FV"),
+    *((f"shuffled_icl+{key}", f"Shuffled ICL + {short}") for key, short in _SHORT),
 )
 NOTE = (
-    "TV: task vector (replaces block L's output at the last token); FV: function vector (added). Random: a random "
-    "vector of the method's norm applied the same way; task-agnostic: the method's vector averaged over the other "
-    "tasks; shuffled ICL: demonstrations with their outputs permuted. 'ICL-correct': accuracy on the test items "
-    "that regular ICL answers correctly; 'recovered': accuracy / ICL accuracy."
+    "TV: task vector (replaces block L's output at the last token); FV: function vector (added there); ICV: "
+    "In-Context Vector (steers every position of every layer, or of the one layer chosen on dev, norm kept); MD: "
+    "mean difference h(answer) - h(input) (added at every position); Shift: mean ICL shift h(ICL prompt) - h(bare "
+    "query) (added at every position). Random: a random vector of the method's norm (at each layer) applied the same "
+    "way; task-agnostic: the method's vector averaged over the other tasks; shuffled ICL: demonstrations with their "
+    "outputs permuted. 'ICL-correct': accuracy on the test items that regular ICL answers correctly; 'recovered': "
+    "accuracy / ICL accuracy."
 )
 
 
@@ -84,6 +85,13 @@ def method_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[li
     if fv_rows:
         tables.append(("Chosen on dev", ["Task", "TV layer", "FV layer", "FV k", "FV scale", "FV dev accuracy",
                                          "FV heads (best first)"], fv_rows))  # fmt: skip
+    every_rows = [[name, method, "every" if c["layer"] is None else str(c["layer"]), f"{c['strength']:g}",
+                   _f(c["dev_accuracy"])]
+                  for name in ordered_tasks(results)
+                  for method, c in (results["tasks"][name].get("every_position") or {}).items()]  # fmt: skip
+    if every_rows:
+        tables.append(("Every-position methods chosen on dev", ["Task", "Method", "Layer(s)", "Strength / scale",
+                                                                "Dev accuracy"], every_rows))  # fmt: skip
     return tables
 
 

@@ -91,6 +91,7 @@ async function run() {
   try {
     const job = await api("/api/run", {
       task: $("task").value || null, demonstrations: $("demonstrations").value, queries: $("queries").value,
+      method: $("method").value,
     });
     currentJob = job.id;
     const status = await poll(job.id, (s) => {
@@ -129,23 +130,27 @@ function answerCell(text, correct) {
 
 function render(result, jobId) {
   for (const notice of result.notices) show($("messages"), "notice", notice);
+  const method = result.method; // the answers column's method: its key in each answer, label and where it acts
   const count = (key) => result.answers.filter((a) => a.correct[key] === true).length;
   const scored = result.answers.filter((a) => a.correct.icl !== null).length;
+  const best = `Best ${method.key === "task_vector" ? "" : "task-vector "}layer ${result.best_layer} of ` +
+    `${result.num_layers} (by ${result.best_layer_basis}).`;
   $("summary").textContent = scored
-    ? `correct of ${scored} scored: ICL ${count("icl")}, task vector ${count("task_vector")}, ` +
-      `zero-shot ${count("zero_shot")}. Best layer ${result.best_layer} of ${result.num_layers} ` +
-      `(by ${result.best_layer_basis}).`
-    : `Best layer ${result.best_layer} of ${result.num_layers} (by ${result.best_layer_basis}).`;
-  $("tv-header").textContent = `task vector @ layer ${result.best_layer}`;
+    ? `correct of ${scored} scored: ICL ${count("icl")}, ${method.label} ${count(method.key)}, ` +
+      `zero-shot ${count("zero_shot")}. ${best}`
+    : best;
+  $("tv-header").textContent = `${method.label} @ ${method.where}`;
   const body = $("answers").tBodies[0];
   body.replaceChildren();
   for (const a of result.answers) {
     const row = el("tr");
     row.append(el("td", a.query), el("td", a.gold ?? ""), answerCell(a.icl, a.correct.icl),
-      answerCell(a.task_vector, a.correct.task_vector), answerCell(a.zero_shot, a.correct.zero_shot));
+      answerCell(a[method.key], a.correct[method.key]), answerCell(a.zero_shot, a.correct.zero_shot));
     body.appendChild(row);
   }
   $("download").href = `/api/jobs/${encodeURIComponent(jobId)}/task_vector`;
+  $("download").download = `${method.key}.safetensors`;
+  $("download").textContent = `Download the ${method.label} (.safetensors)`;
   renderHeatmap(result);
   renderProjection(result);
   $("results").hidden = false;
@@ -227,8 +232,10 @@ async function applyFile() {
     }
     const result = status.result;
     for (const notice of result.notices) show(messages, "notice", notice);
-    $("apply-status").textContent = `applied at layer ${result.layer} (vector of ${result.model ?? "unknown model"})`;
-    $("apply-tv-header").textContent = `task vector @ layer ${result.layer}`;
+    const method = result.method;
+    $("apply-status").textContent = `${method.label} applied at ${method.where} ` +
+      `(vector of ${result.model ?? "unknown model"})`;
+    $("apply-tv-header").textContent = `${method.label} @ ${method.where}`;
     const body = $("apply-answers").tBodies[0];
     body.replaceChildren();
     for (const a of result.answers) {
