@@ -124,6 +124,8 @@ def extract(
     if name == FunctionVectorMethod.name:
         return extract_function_vector(executor, demonstrations, template, layer, **settings)
     dummies = tuple(dummy_queries) if dummy_queries else tuple(x for x, _ in demonstrations[-2:])
+    if layer is not None:  # an every-position method at one layer: its range is that layer
+        settings = {**settings, "layers": check_layers(lm, [layer])}
     method_object = method_for(name, settings)
     demo_set = Demonstrations([tuple(d) for d in demonstrations], dummies)
     vectors = method_object.vectors(executor, template, [demo_set], range(lm.num_layers))[0]
@@ -136,7 +138,7 @@ def extract(
         "demonstrations_sha256": sha256_of_json([list(d) for d in demonstrations]),
         "dummy_queries": list(dummies),
     }
-    return TaskVector(vectors=vectors, layer=layer, metadata=metadata)
+    return TaskVector(vectors=vectors, layer=None, metadata=metadata)
 
 
 def extract_function_vector(

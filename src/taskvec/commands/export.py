@@ -1,0 +1,256 @@
+"""``taskvec export``: a vector file -> a llama.cpp control vector (GGUF), where the method allows it.
+
+A control vector adds one fixed vector to the output of decoder block N at every position (prompt and generated
+tokens), for each ``direction.N`` it holds; llama.cpp cannot steer block 0. What each method's edits become
+(:func:`control_directions`; the method is never named here: its edits decide):
+
+- an ``Add`` at every position (mean difference, ICL shift): exact, ``direction.N`` = the added value (the
+  method's scale included) at each layer the method acts at;
+- an ``Add`` at some positions only (a function vector at the last prompt token, a mean difference restricted
+  to prompt or generated tokens): refused; ``--approximate`` adds the same value at every position;
+- a ``Steer`` (In-Context Vector: the state normalized, plus strength times the unit vector, brought back to its
+  own norm): refused; ``--approximate --norm X`` writes ``strength * X_L * v_L / |v_L|``, the add that the steer
+  is to first order for a token of norm ``X_L`` not pointing against ``v_L`` (the file records no typical norm,
+  so the user gives it);
+- a ``Replace`` (task vector): refused, also with ``--approximate``: the add equal to replacing a state h by
+  theta is theta - h, a different vector for every prompt, and the file has no h.
+
+A vector acting at layer 0 is refused unless ``--skip-block-0`` (that layer is left out, and the output says so).
+The index convention (taskvec layer L = block L's output = ``direction.L``) is
+:data:`taskvec.io.control_vector.DIRECTION_OFFSET`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+
+from taskvec.errors import TaskvecError
+
+NAME = "export"
+HELP = ("write a vector file as a llama.cpp control vector (GGUF; direction.N added to block N's output at every "
+        "position): exact for mean differences and ICL shifts, others refused or --approximate")  # fmt: skip
+ORDER = 5
+FORMATS = ("llama-cpp",)
+
+
+class ExportRefusedError(TaskvecError):
+    """A vector whose edits a llama.cpp control vector cannot make (as asked)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vector", help=".safetensors vector file written by `taskvec extract` or TaskVector.save")
+    parser.add_argument("--format", default="llama-cpp", choices=FORMATS,
+                        help="llama-cpp: a control vector GGUF (llama.cpp --control-vector FILE)")  # fmt: skip
+    parser.add_argument("-o", "--output", required=True, help="output .gguf file")
+    parser.add_argument(
+        "--approximate", action="store_true",
+        help="export a vector a control vector cannot reproduce exactly (a function vector: added at every position "
+             "instead of the last prompt token; an In-Context Vector, with --norm: strength x norm x unit vector); "
+             "the file and the output say what was approximated. A task vector is refused even so",
+    )  # fmt: skip
+    parser.add_argument(
+        "--norm", default=None, metavar="X[,X...]",
+        help="with --approximate, for an In-Context Vector: the typical norm of the residual stream where it acts, "
+             "one number or one per layer of the file (comma-separated)",
+    )  # fmt: skip
+    parser.add_argument("--skip-block-0", action="store_true",
+                        help="leave out layer 0 (block 0's output), which llama.cpp cannot steer, instead of "
+                             "refusing the vector")  # fmt: skip
+
+
+@dataclass
+class Directions:
+    """What a control vector file gets from a vector: ``direction.N`` values (N = direction index), whether
+    they only approximate the vector's edits, and why."""
+
+    directions: dict[int, object]
+    approximate: bool
+    notes: list[str] = field(default_factory=list)
+    skipped_layers: list[int] = field(default_factory=list)
+
+    @property
+    def note(self) -> str:
+        return " ".join(self.notes)
+
+
+def parse_norms(spec: str | None, num_layers: int) -> list[float] | None:
+    """``--norm``: one number for every layer, or one per layer."""
+    if spec is None:
+        return None
+    try:
+        values = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise ExportRefusedError(f"--norm {spec!r} is not a number or a comma-separated list of numbers") from None
+    if len(values) not in (1, num_layers):
+        raise ExportRefusedError(f"--norm {spec!r} gives {len(values)} norms; expected one, or one per layer "
+                                 f"({num_layers})")  # fmt: skip
+    bad = next((v for v in values if not math.isfinite(v) or v <= 0), None)
+    if bad is not None:
+        raise ExportRefusedError(f"--norm {spec!r}: {bad} is not a positive finite norm")
+    return values * num_layers if len(values) == 1 else values
+
+
+def control_directions(
+    tv, *, approximate: bool = False, skip_block_0: bool = False, norms: list[float] | None = None, name: str = ""
+) -> Directions:
+    """The ``direction.N`` values of a control vector that makes ``tv``'s edits (see the module's docstring);
+    raises :class:`ExportRefusedError`, naming why, for what it cannot make (as asked)."""
+    import torch
+
+    from taskvec.core.sites import ALL, Add, Replace, Steer
+    from taskvec.io.control_vector import direction_index, steerable
+
+    what = f"{name}: " if name else ""
+    method = tv.method
+    edits = tv.edits()
+    num_layers = tv.num_layers
+    notes: list[str] = []
+    per_layer: dict[int, torch.Tensor] = {}
+    inexact = False
+    for edit in edits:
+        layer = edit.site.layer
+        if isinstance(edit, Replace):
+            raise ExportRefusedError(
+                f"{what}a {method} cannot be a llama.cpp control vector, not even with --approximate: it replaces "
+                f"block {layer}'s output at the last prompt token by theta, and a control vector only adds one fixed "
+                "vector at every position (the add equal to that replace, theta - h, is different for every prompt "
+                "and the file has no h); extract an additive vector instead (--method meandiff or shift)"
+            )
+        if edit.site.head is not None:
+            raise ExportRefusedError(f"{what}a {method} edits attention head {edit.site.head} of block {layer}; a "
+                                     "control vector can only add to a block's output")  # fmt: skip
+        if isinstance(edit, Steer):
+            value = _steer_as_add(edit, approximate, norms, method, what)
+            notes.append(_STEER_NOTE)
+            inexact = True
+        elif isinstance(edit, Add):
+            value = edit.value.detach().float().cpu()
+            if edit.site.position != ALL:
+                where = ("the last prompt token" if edit.site.position == -1 else
+                         f"prompt token {edit.site.position} from the end" if isinstance(edit.site.position, int)
+                         else f"{edit.site.position} tokens")  # fmt: skip
+                if not approximate:
+                    raise ExportRefusedError(
+                        f"{what}a {method} is added at {where} only (layer {layer}), a control vector at every "
+                        "position (prompt and generated tokens), so the answers would differ; pass --approximate to "
+                        "export it added at every position anyway"
+                    )
+                notes.append(f"APPROXIMATE: the {method} is added at {where} in taskvec; this file adds the same "
+                             "value at every position (prompt and generated tokens).")  # fmt: skip
+                inexact = True
+        else:  # an edit kind this exporter does not know
+            raise ExportRefusedError(f"{what}a {method} makes {type(edit).__name__} edits; a control vector can "
+                                     "only add a vector")  # fmt: skip
+        per_layer[layer] = per_layer[layer] + value if layer in per_layer else value
+    if norms is not None and _STEER_NOTE not in notes:
+        raise ExportRefusedError(f"{what}--norm is for an In-Context Vector's steer; a {method} makes no steer edit")
+    skipped = sorted(layer for layer in per_layer if not steerable(layer, num_layers))
+    if skipped and not skip_block_0:
+        raise ExportRefusedError(
+            f"{what}the {method} acts at layer {skipped[0]} (the output of block {skipped[0]}), which llama.cpp cannot "
+            f"steer (it has no direction.{direction_index(skipped[0])}); pass --skip-block-0 to leave it out (its "
+            "effect is lost) or extract the vector at other layers"
+        )
+    if skipped:
+        notes.append(f"APPROXIMATE: layer(s) {', '.join(map(str, skipped))} left out (llama.cpp cannot steer block "
+                     "0); taskvec also adds there.")  # fmt: skip
+        inexact = True
+    directions = {direction_index(layer): value.numpy() for layer, value in sorted(per_layer.items())
+                  if layer not in skipped}  # fmt: skip
+    if not directions:
+        raise ExportRefusedError(f"{what}nothing is left to export once layer(s) {skipped} are left out")
+    if not inexact:
+        notes.append("exact: direction.N is what taskvec adds to the output of block N (0-based) at every position.")
+    return Directions(directions, inexact, list(dict.fromkeys(notes)), skipped)
+
+
+_STEER_NOTE = ("APPROXIMATE: the In-Context Vector's steer (each state normalized, plus strength x unit vector, "
+               "brought back to its own norm) is written as the add strength x norm x unit vector, its first-order "
+               "effect on a state of the given norm not pointing against the vector; states of other norms, and the "
+               "steer's extra push where a state points against the vector, are not reproduced.")  # fmt: skip
+
+
+def _steer_as_add(edit, approximate: bool, norms: list[float] | None, method: str, what: str):
+    layer = edit.site.layer
+    if not approximate:
+        raise ExportRefusedError(
+            f"{what}an {method} steers each token's state and brings it back to the state's own norm (layer {layer}), "
+            "which no fixed add reproduces; pass --approximate with --norm (the typical residual-stream norm where it "
+            "acts) to export strength x norm x its unit vector"
+        )
+    if norms is None:
+        raise ExportRefusedError(
+            f"{what}--approximate needs --norm for an {method}: the add that approximates its steer is strength x "
+            "(the token's norm) x unit vector, and the file records no typical norm; give one number, or one per layer"
+        )
+    value = edit.value.detach().float().cpu()
+    length = float(value.norm())
+    if length == 0.0:
+        return value * 0.0
+    return value * (float(edit.strength) * norms[layer] / length)
+
+
+def metadata_of(tv, made: Directions) -> dict:
+    """The ``taskvec.*`` keys of the GGUF (llama.cpp ignores them): where the vector came from, whether the file
+    only approximates it, and why."""
+    import json
+
+    from taskvec.api.task_vector import vectors_sha256
+    from taskvec.version import __version__
+
+    meta = tv.metadata
+    out = {
+        "taskvec.method": tv.method,
+        "taskvec.approximate": made.approximate,
+        "taskvec.note": made.note,
+        "taskvec.num_layers": tv.num_layers,
+        "taskvec.index_convention": "direction.N is added to the output of decoder block N (0-based)",
+        "taskvec.vectors_sha256": vectors_sha256(tv.vectors),
+        "taskvec.version": __version__,
+    }
+    if made.skipped_layers:
+        out["taskvec.skipped_layers"] = ",".join(map(str, made.skipped_layers))
+    for key in ("model_id", "task", "architecture"):
+        if isinstance(meta.get(key), str):
+            out[f"taskvec.{key}"] = meta[key]
+    sha = (meta.get("model_source") or {}).get("sha256") if isinstance(meta.get("model_source"), dict) else None
+    if isinstance(sha, str):
+        out["taskvec.model_sha256"] = sha
+    if isinstance(meta.get("template"), dict):
+        out["taskvec.template"] = json.dumps(meta["template"], ensure_ascii=False)
+    return out
+
+
+def export_control_vector(tv, path, *, approximate=False, skip_block_0=False, norms=None, name="") -> Directions:
+    """Write ``tv`` as a llama.cpp control vector at ``path`` (atomically); what was written, and why."""
+    from taskvec.io.control_vector import write_control_vector
+
+    made = control_directions(tv, approximate=approximate, skip_block_0=skip_block_0, norms=norms, name=name)
+    write_control_vector(path, made.directions, model_hint=tv.metadata.get("architecture") or None,
+                         metadata=metadata_of(tv, made))  # fmt: skip
+    return made
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from taskvec.api.task_vector import TaskVector
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise TaskvecError(f"output directory {str(out.parent)!r} of -o {args.output!r} does not exist")
+    if args.norm is not None and not args.approximate:
+        raise ExportRefusedError("--norm is used only with --approximate (for an In-Context Vector)")
+    tv = TaskVector.load(args.vector)
+    norms = parse_norms(args.norm, tv.num_layers)
+    made = export_control_vector(tv, out, approximate=args.approximate, skip_block_0=args.skip_block_0,
+                                 norms=norms, name=repr(args.vector))  # fmt: skip
+    indices = sorted(made.directions)
+    listed = ", ".join(f"direction.{i}" for i in indices) if len(indices) <= 6 else \
+        f"direction.{indices[0]} .. direction.{indices[-1]} ({len(indices)} tensors)"  # fmt: skip
+    width = len(next(iter(made.directions.values())))
+    print(f"{tv.method} -> {out}: {listed}, n_embd {width}; load it with llama.cpp --control-vector {out}")
+    for note in made.notes:
+        print(f"note: {note}")
