@@ -10,8 +10,8 @@ tokens), for each ``direction.N`` it holds; llama.cpp cannot steer block 0. What
   to prompt or generated tokens): refused; ``--approximate`` adds the same value at every position;
 - a ``Steer`` (In-Context Vector: the state normalized, plus strength times the unit vector, brought back to its
   own norm): refused; ``--approximate --norm X`` writes ``strength * X_L * v_L / |v_L|``, the add that the steer
-  is to first order for a token of norm ``X_L`` not pointing against ``v_L`` (the file records no typical norm,
-  so the user gives it);
+  is to first order for a token of norm ``X_L`` orthogonal to ``v_L`` (the file records no typical norm, so the
+  user gives it);
 - a ``Replace`` (task vector): refused, also with ``--approximate``: the add equal to replacing a state h by
   theta is theta - h, a different vector for every prompt, and the file has no h.
 
@@ -104,6 +104,19 @@ def control_directions(
 
     what = f"{name}: " if name else ""
     method = tv.method
+    at = 0 if tv.layer is None else tv.layer
+    for edit in tv.method_object().edits(at, tv.vectors[at]):  # what kind of edits, before any layer is needed
+        if isinstance(edit, Replace):
+            block = f"block {tv.layer}'s" if tv.layer is not None else "a block's"
+            raise ExportRefusedError(
+                f"{what}a {method} cannot be a llama.cpp control vector, not even with --approximate: it replaces "
+                f"{block} output at {_where(edit.site.position)} by theta, and a control vector only adds one fixed "
+                "vector at every position (the add equal to that replace, theta - h, is different for every prompt "
+                "and the file has no h); extract an additive vector instead (--method meandiff or shift)"
+            )
+    if tv.method_object().acts == "last" and tv.layer is None:
+        raise ExportRefusedError(f"{what}the {method} records no layer to act at (a one-layer method's layer is "
+                                 "chosen at extraction): extract it again with a layer")  # fmt: skip
     edits = tv.edits()
     num_layers = tv.num_layers
     notes: list[str] = []
@@ -112,12 +125,7 @@ def control_directions(
     for edit in edits:
         layer = edit.site.layer
         if isinstance(edit, Replace):
-            raise ExportRefusedError(
-                f"{what}a {method} cannot be a llama.cpp control vector, not even with --approximate: it replaces "
-                f"block {layer}'s output at the last prompt token by theta, and a control vector only adds one fixed "
-                "vector at every position (the add equal to that replace, theta - h, is different for every prompt "
-                "and the file has no h); extract an additive vector instead (--method meandiff or shift)"
-            )
+            raise ExportRefusedError(f"{what}a {method} replaces block {layer}'s output; a control vector can only add")
         if edit.site.head is not None:
             raise ExportRefusedError(f"{what}a {method} edits attention head {edit.site.head} of block {layer}; a "
                                      "control vector can only add to a block's output")  # fmt: skip
@@ -128,9 +136,7 @@ def control_directions(
         elif isinstance(edit, Add):
             value = edit.value.detach().float().cpu()
             if edit.site.position != ALL:
-                where = ("the last prompt token" if edit.site.position == -1 else
-                         f"prompt token {edit.site.position} from the end" if isinstance(edit.site.position, int)
-                         else f"{edit.site.position} tokens")  # fmt: skip
+                where = _where(edit.site.position)
                 if not approximate:
                     raise ExportRefusedError(
                         f"{what}a {method} is added at {where} only (layer {layer}), a control vector at every "
@@ -155,7 +161,7 @@ def control_directions(
         )
     if skipped:
         notes.append(f"APPROXIMATE: layer(s) {', '.join(map(str, skipped))} left out (llama.cpp cannot steer block "
-                     "0); taskvec also adds there.")  # fmt: skip
+                     "0: it has no direction.0); taskvec also adds there.")  # fmt: skip
         inexact = True
     directions = {direction_index(layer): value.numpy() for layer, value in sorted(per_layer.items())
                   if layer not in skipped}  # fmt: skip
@@ -166,10 +172,19 @@ def control_directions(
     return Directions(directions, inexact, list(dict.fromkeys(notes)), skipped)
 
 
+def _where(position) -> str:
+    if position == -1:
+        return "the last prompt token"
+    if isinstance(position, int):
+        return f"prompt token {position} from the end"
+    return f"{position} tokens"
+
+
 _STEER_NOTE = ("APPROXIMATE: the In-Context Vector's steer (each state normalized, plus strength x unit vector, "
-               "brought back to its own norm) is written as the add strength x norm x unit vector, its first-order "
-               "effect on a state of the given norm not pointing against the vector; states of other norms, and the "
-               "steer's extra push where a state points against the vector, are not reproduced.")  # fmt: skip
+               "brought back to its own norm) is written as the add strength x norm x unit vector: the steer's "
+               "first-order effect on a state of the given norm orthogonal to the vector. Not reproduced: states of "
+               "other norms, the steer keeping every state's norm, and its push of up to twice as much where a state "
+               "points against the vector.")  # fmt: skip
 
 
 def _steer_as_add(edit, approximate: bool, norms: list[float] | None, method: str, what: str):

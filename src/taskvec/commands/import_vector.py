@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> None:
     cv = read_control_vector(source)
     model = args.model or cv.taskvec_metadata().get("model_id")
     if not isinstance(model, str) or not model:
-        raise ImportRefusedError(f"{args.control_vector!r} records no model id (taskvec did not write it): pass --model")
+        raise ImportRefusedError(f"{args.control_vector!r} records no model id (taskvec wrote no taskvec.model_id): "
+                                 "pass --model")  # fmt: skip
     check_model_spec(model)
     print(f"loading {model} ...", file=sys.stderr)
     lm = load_model(model, dtype=args.dtype)
