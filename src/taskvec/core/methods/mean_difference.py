@@ -33,7 +33,12 @@ class MeanDifferenceMethod:
     #: The setting chosen on dev (the strength of the edit).
     strength_setting = "scale"
 
-    def __init__(self, scale: float = 1.0, layers: Sequence[int] | None = None, position: int | str = ALL) -> None:
+    #: The default scale at every layer (the dev search's usual choice there for the ICL shift on gemma-3-270m).
+    DEFAULT_SCALE = 0.1
+
+    def __init__(
+        self, scale: float = DEFAULT_SCALE, layers: Sequence[int] | None = None, position: int | str = ALL
+    ) -> None:
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
             raise TaskvecError(f"mean-difference scale must be a finite number, got {scale!r}")
         self.scale = float(scale)
@@ -43,7 +48,9 @@ class MeanDifferenceMethod:
 
     @classmethod
     def from_settings(cls, settings: dict) -> MeanDifferenceMethod:
-        return cls(float(settings.get("scale", 1.0)), settings.get("layers"), settings.get("position", ALL))
+        return cls(
+            float(settings.get("scale", cls.DEFAULT_SCALE)), settings.get("layers"), settings.get("position", ALL)
+        )
 
     def settings(self) -> dict:
         return {"scale": self.scale, "layers": self.layers, "position": self.position,
