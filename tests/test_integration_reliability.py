@@ -50,6 +50,10 @@ def _check_batch_sizes():
     for bs in (1, 8):
         assert torch.equal(ids[bs][0], ids[32][0]) and torch.equal(ids[bs][1], ids[32][1]), bs
     states = {bs: mean_states(lm, [[p] for p in icl[:6]], [6, 9], batch_size=bs) for bs in (1, 32)}
-    assert torch.allclose(states[1], states[32], rtol=1e-4, atol=1e-4)
+    # Relative to each state's norm (thousands at these layers): float32 sums in another order differ by ~1e-6
+    # of it, which an element-wise 1e-4 tolerance fails on small elements on some CPUs (seen: 1.4e-4 next to
+    # entries of 1754, a CPU with AVX-512 BF16; the shared prefix and batch size change the order).
+    error = (states[1] - states[32]).norm(dim=-1) / states[32].norm(dim=-1)
+    assert float(error.max()) < 1e-5, float(error.max())
     upper = sum(p == q.upper() for p, q in zip(decode_predictions(lm, ids[32][0]), QUERIES))
     assert upper >= len(QUERIES) // 2  # the ICL prompts work: the agreement above is not agreement on noise
