@@ -21,15 +21,14 @@ every prompt.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from taskvec.core.interfaces import DemoSet, Executor
 from taskvec.core.methods.differences import pair_differences
+from taskvec.core.methods.every_layer import EveryPositionMethod
 from taskvec.core.sites import ALL, Site, Steer
-from taskvec.errors import TaskvecError
 from taskvec.prompts import PromptTemplate
 
 
@@ -46,37 +45,22 @@ def first_direction_plus_mean(differences: torch.Tensor) -> torch.Tensor:
     return component + mean
 
 
-class InContextVectorMethod:
+class InContextVectorMethod(EveryPositionMethod):
     """Demonstrations -> the ICV of each layer; vector -> steer every token's state at each layer."""
 
     name = "in_context_vector"
-    acts = "every"
     operation = "steer"
     #: The setting chosen on dev (the strength of the edit).
     strength_setting = "strength"
-
+    what = "ICV strength"
     #: The default strength: what the dev search chose most often at every layer on gemma-3-270m (the authors'
     #: 0.1 at every block output turns that model's answers into noise).
-    DEFAULT_STRENGTH = 0.01
+    default_strength = 0.01
 
     def __init__(
-        self, strength: float = DEFAULT_STRENGTH, layers: Sequence[int] | None = None, position: int | str = ALL
+        self, strength: float = default_strength, layers: Sequence[int] | None = None, position: int | str = ALL
     ) -> None:
-        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength):
-            raise TaskvecError(f"ICV strength must be a finite number, got {strength!r}")
-        self.strength = float(strength)
-        self.layers = None if layers is None else [int(layer) for layer in layers]
-        self.position = position
-        Site(0, position)  # checks the position
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> InContextVectorMethod:
-        return cls(
-            float(settings.get("strength", cls.DEFAULT_STRENGTH)), settings.get("layers"), settings.get("position", ALL)
-        )
-
-    def settings(self) -> dict:
-        return {"strength": self.strength, "layers": self.layers, "position": self.position}
+        self.strength = self._configure(strength, layers, position)
 
     def scaled_settings(self, alpha: float) -> dict:
         """The settings of ``alpha`` times the vector: the edit uses the vector's direction only, so its

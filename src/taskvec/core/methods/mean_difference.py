@@ -9,52 +9,38 @@ each layer of a range (default: all) and every position, prompt and generated to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from taskvec.core.interfaces import DemoSet, Executor
 from taskvec.core.methods.differences import icl_shifts, pair_differences
+from taskvec.core.methods.every_layer import EveryPositionMethod
 from taskvec.core.sites import ALL, Add, Site
-from taskvec.errors import TaskvecError
 from taskvec.prompts import PromptTemplate
 
 DIFFERENCES = ("pairs", "icl_shift")
 
 
-class MeanDifferenceMethod:
+class MeanDifferenceMethod(EveryPositionMethod):
     """Demonstrations -> the mean difference at each layer; vector -> add ``scale`` times it at every position."""
 
     name = "mean_difference"
-    acts = "every"
     operation = "add"
     differences = "pairs"
     #: The setting chosen on dev (the strength of the edit).
     strength_setting = "scale"
-
+    what = "mean-difference scale"
     #: The default scale at every layer (the dev search's usual choice there for the ICL shift on gemma-3-270m).
-    DEFAULT_SCALE = 0.1
+    default_strength = 0.1
 
     def __init__(
-        self, scale: float = DEFAULT_SCALE, layers: Sequence[int] | None = None, position: int | str = ALL
+        self, scale: float = default_strength, layers: Sequence[int] | None = None, position: int | str = ALL
     ) -> None:
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-            raise TaskvecError(f"mean-difference scale must be a finite number, got {scale!r}")
-        self.scale = float(scale)
-        self.layers = None if layers is None else [int(layer) for layer in layers]
-        self.position = position
-        Site(0, position)  # checks the position
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> MeanDifferenceMethod:
-        return cls(
-            float(settings.get("scale", cls.DEFAULT_SCALE)), settings.get("layers"), settings.get("position", ALL)
-        )
+        self.scale = self._configure(scale, layers, position)
 
     def settings(self) -> dict:
-        return {"scale": self.scale, "layers": self.layers, "position": self.position,
-                "differences": self.differences}  # fmt: skip
+        return {**super().settings(), "differences": self.differences}
 
     def vectors(
         self, executor: Executor, template: PromptTemplate, sets: Sequence[DemoSet], layers: Sequence[int]
