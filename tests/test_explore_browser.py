@@ -184,3 +184,16 @@ def test_two_pages_at_once(server, browser):
     first.click("#cancel")
     first.wait_for_function("document.getElementById('status').textContent === 'cancelled'", timeout=RUN_TIMEOUT_MS)
     assert first.is_enabled("#run")
+
+
+def test_another_method_fills_the_answers_column(server, browser):
+    """Picking the In-Context Vector on the page: its answers fill the column, labelled with the method, and the
+    heatmap stays the task vector's."""
+    url, _ = server
+    page = _open(browser, url)
+    page.select_option("#method", "icv")
+    _run(page, DEMOS, "a -> A\nb -> B\nc -> C")
+    _wait_results(page)
+    assert page.text_content("#tv-header").startswith("In-Context Vector")
+    assert len(_column(page, "answers", 4)) == 3
+    assert len(page.query_selector_all("#heatmap tr[data-layer]")) == 18
