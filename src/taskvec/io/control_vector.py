@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from taskvec.errors import TaskvecError, TaskVectorFileError
-from taskvec.io.atomic import _umask
+from taskvec.io.atomic import write_text_atomic
 
 ARCHITECTURE = "controlvector"
 MODEL_HINT_KEY = f"{ARCHITECTURE}.model_hint"
@@ -121,17 +121,14 @@ def write_control_vector(
     metadata: Mapping[str, str | bool | int | float] | None = None,
 ) -> None:
     """Write ``directions`` (index N >= 1 -> (n_embd,) values) as llama.cpp's ``direction.N`` F32 tensors,
-    with repeng's ``controlvector.*`` keys and ``metadata`` (keys as given, e.g. ``taskvec.method``), through a
-    temporary file in the same folder renamed into place: a reader never sees a half-written file."""
+    with repeng's ``controlvector.*`` keys and ``metadata`` (keys as given, e.g. ``taskvec.method``), written
+    atomically (:func:`taskvec.io.atomic.write_text_atomic`): a reader never sees a half-written file."""
     import gguf
 
     checked = _checked_directions(directions)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+    with tempfile.TemporaryDirectory() as scratch:  # GGUFWriter writes to a path; the file is kilobytes
+        built = Path(scratch) / "control_vector.gguf"
+        writer = gguf.GGUFWriter(built, ARCHITECTURE)
         if model_hint:
             writer.add_string(MODEL_HINT_KEY, str(model_hint))
         writer.add_uint32(LAYER_COUNT_KEY, len(checked))
@@ -150,13 +147,7 @@ def write_control_vector(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_text_atomic(path, built.read_bytes())
 
 
 def _field_value(item) -> object:
