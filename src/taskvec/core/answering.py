@@ -111,5 +111,6 @@ def _unpatched(executor: Executor, prompts: Sequence[str], sites: Sequence[Site]
         wanted = sorted({site.layer for site in sites})
         states = executor.states([[p] for p in prompts], wanted)  # (N, len(wanted), H)
         return torch.stack([states[i, wanted.index(site.layer)] for i, site in enumerate(sites)])
-    return torch.stack([executor.read([p], [Site(site.layer, head=site.head)])[Site(site.layer, head=site.head)][0]
-                        for p, site in zip(prompts, sites)])  # fmt: skip
+    wanted = [Site(site.layer, head=site.head) for site in sites]  # each prompt's own site, at its last token
+    read = executor.read(list(prompts), list(dict.fromkeys(wanted)))  # one pass over all prompts
+    return torch.stack([read[site][i] for i, site in enumerate(wanted)])

@@ -25,7 +25,6 @@ from taskvec.engine.accounting import stage
 from taskvec.heads.function_vector import random_same_norm
 from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.sampling import EvalSet
-from taskvec.tasks.scoring import is_correct
 
 #: Strengths tried on dev per method: (at every layer, at one layer).
 STRENGTHS = {
@@ -126,19 +125,17 @@ def evaluate_every_position(
     settings: EverySettings,
     rng: random.Random,
     shuffled_prompts: Sequence[str],
+    score: Callable[[list[str]], float],
     run: Callable[[str, list[str], list, int | None, bool], dict],
 ) -> tuple[dict, dict, dict, dict[str, torch.Tensor]]:
     """For each method of ``names``: (methods entries, controls entries, chosen configurations, each method's
-    vector averaged over the dev sets (num_layers, H), for the task-agnostic control). ``run(name, prompts,
-    edits, layer, short)`` predicts, scores, records the rows and returns the entry."""
+    vector averaged over the dev sets (num_layers, H), for the task-agnostic control). ``score``: accuracy of
+    predictions for the dev queries; ``run(name, prompts, edits, layer, short)`` predicts, scores, records the
+    rows and returns the entry."""
     lm, template = executor.lm, prepared.template
     layers = list(range(lm.num_layers))
     dev_prompts = [template.query_prompt(s.query.input) for s in dev]
     queries = [template.query_prompt(s.query.input) for s in test]
-
-    def score(predictions: list[str]) -> float:
-        ok = [is_correct(p, s.query, prepared.task.scoring) for p, s in zip(predictions, dev)]
-        return sum(ok) / max(1, len(ok))
 
     methods, controls, chosen, means = {}, {}, {}, {}
     for name in names:

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from taskvec.api.extraction import extract_task_vector
+from taskvec.api.extraction import Demonstrations, extract_task_vector
 from taskvec.api.sweep import layer_sweep
 from taskvec.api.task_vector import TaskVector
 from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_index
-from taskvec.core.methods import EVERY_POSITION, FunctionVectorMethod, method_name
+from taskvec.core.methods import METHOD_CLASSES, FunctionVectorMethod, method_name
 from taskvec.engine.forward import check_layers
 from taskvec.errors import TaskDataError, TaskvecError
 from taskvec.experiments.extract_fv import extract_every_position, extract_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.runtime import make_executor
-from taskvec.tasks.definitions import Task
+from taskvec.tasks.definitions import Pair, Task
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.scoring import is_correct
 
@@ -74,6 +74,17 @@ def split_pairs(lm: LoadedModel, task: Task, config: ExtractConfig):
     return prepared, rng, pairs[:n_dev], pairs[n_dev:]
 
 
+def draw_sets(rng: random.Random, pool: Sequence[Pair], config: ExtractConfig) -> list[Demonstrations]:
+    """``n_sets`` demonstration sets drawn from ``pool``: ``shots`` demonstrations and ``n_dummy`` dummy queries
+    each, all distinct."""
+    sets = []
+    for _ in range(config.n_sets):
+        chosen = rng.sample(list(pool), config.shots + config.n_dummy)
+        sets.append(Demonstrations([(p.input, p.output) for p in chosen[: config.shots]],
+                                   tuple(p.input for p in chosen[config.shots :])))  # fmt: skip
+    return sets
+
+
 def extract_for_task(
     lm: LoadedModel,
     task: Task,
@@ -86,23 +97,20 @@ def extract_for_task(
     the model (default: the fast one)."""
     executor = executor or make_executor(lm, "fast")
     prepared, rng, dev, pool = split_pairs(lm, task, config)
-    special = {FunctionVectorMethod.name: extract_function_vector,
-               **{name: extract_every_position for name in EVERY_POSITION}}  # fmt: skip
-    if config.method in special:
-        return special[config.method](lm, prepared, config, dev, pool, executor)
+    if config.method == FunctionVectorMethod.name:  # chosen from head attribution on the pool (heads/)
+        return extract_function_vector(lm, prepared, config, dev, pool, executor)
+    sets = draw_sets(rng, pool, config)
+    if METHOD_CLASSES[config.method].acts == "every":
+        return extract_every_position(lm, prepared, config, dev, sets, executor)
     pairs = list(prepared.pairs)
-    per_set = config.shots + config.n_dummy
     vectors = []
-    for k in range(config.n_sets):
-        chosen = rng.sample(pool, per_set)
-        demos = [(p.input, p.output) for p in chosen[: config.shots]]
-        dummies = [p.input for p in chosen[config.shots :]]
-        single_token = prepared.single_token_answers
+    for k, demo_set in enumerate(sets):
         vectors.append(
             extract_task_vector(
-                lm, demos, dummies, template=prepared.template, executor=executor, single_token_answers=single_token
+                lm, demo_set.demo_tuples, list(demo_set.dummies), template=prepared.template, executor=executor,
+                single_token_answers=prepared.single_token_answers,
             )
-        )
+        )  # fmt: skip
         if progress is not None:
             progress(k + 1)
     theta = TaskVector.mean(vectors) if len(vectors) > 1 else vectors[0]

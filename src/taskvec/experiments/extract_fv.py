@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from taskvec.api.compat import model_metadata
 from taskvec.api.task_vector import TaskVector
-from taskvec.core.interfaces import Executor
+from taskvec.core.interfaces import DemoSet, Executor
 from taskvec.experiments.every_position import EverySettings, choose_config, configured
 from taskvec.experiments.method_comparison import shuffled
 from taskvec.heads.attribution import head_attribution
@@ -24,7 +24,6 @@ from taskvec.heads.selection import select_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.tasks.definitions import Pair
 from taskvec.tasks.preparation import PreparedTask
-from taskvec.tasks.sampling import EvalSet
 from taskvec.tasks.scoring import is_correct
 
 logger = logging.getLogger(__name__)
@@ -77,19 +76,12 @@ def extract_function_vector(
 
 
 def extract_every_position(
-    lm: LoadedModel, prepared: PreparedTask, config, dev: Sequence[Pair], pool: Sequence[Pair], executor: Executor
+    lm: LoadedModel, prepared: PreparedTask, config, dev: Sequence[Pair], sets: Sequence[DemoSet], executor: Executor
 ) -> TaskVector:
-    """An every-position method's vector (``config.method``: ICV, mean difference, ICL shift) from ``n_sets``
-    demonstration sets drawn from ``pool``, averaged; its strength and layers chosen on ``dev`` as
-    ``taskvec run`` chooses them (:mod:`taskvec.experiments.every_position`)."""
+    """An every-position method's vector (``config.method``: ICV, mean difference, ICL shift) averaged over the
+    demonstration ``sets``; its strength and layers chosen on ``dev`` as ``taskvec run`` chooses them
+    (:mod:`taskvec.experiments.every_position`)."""
     task, template = prepared.task, prepared.template
-    rng = random.Random(f"{config.seed}:{task.name}")
-    per_set = config.shots + config.n_dummy
-    sets = []
-    for _ in range(config.n_sets):
-        chosen = rng.sample(list(pool), per_set)
-        demos, dummies = tuple(chosen[: config.shots]), tuple(p.input for p in chosen[config.shots :])
-        sets.append(EvalSet(demos, chosen[config.shots], dummies))
     layers = list(range(lm.num_layers))
     vector = configured(config.method, 1.0).vectors(executor, template, sets, layers).mean(0)
     prompts = [template.query_prompt(p.input) for p in dev]
@@ -120,7 +112,7 @@ def extract_every_position(
         "dev_inputs": [p.input for p in dev],
         "dev_accuracy": found.dev_accuracy,
         "dev_grid": found.grid,
-        "n_usable_pairs": len(dev) + len(pool),
+        "n_usable_pairs": len(prepared.pairs),
     }
     logger.info("task %s: %s at %s, strength %g, dev accuracy %.2f on %d pairs", task.name, config.method,
                 "every layer" if found.layer is None else f"layer {found.layer}", found.strength, found.dev_accuracy,

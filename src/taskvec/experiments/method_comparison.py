@@ -191,7 +191,7 @@ def compare_methods(
     if every:
         found, more, chosen, means = evaluate_every_position(executor, prepared, dev, test, every,
                                                              every_settings or EverySettings(), rng,
-                                                             shuffled_prompts, run)  # fmt: skip
+                                                             shuffled_prompts, scorer(prepared, dev), run)  # fmt: skip
         methods.update(found)
         controls.update(more)
     return methods, controls, batches, chosen, means

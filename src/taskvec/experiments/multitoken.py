@@ -131,11 +131,13 @@ def evaluate_multitoken(
     all_layers = list(range(lm.num_layers))
     dev_vectors = TASK_VECTOR.vectors(executor, template, dev_sets, all_layers)
     sweep = executor.sweep(dev_prompts, dev_vectors, all_layers, TASK_VECTOR)
-    dev_accuracy = []
-    for ids in sweep:
-        firsts = decode_predictions(lm, ids)
-        ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(firsts, dev_sets)]
-        dev_accuracy.append(sum(ok) / len(ok))
+
+    def first_tokens(predictions: list[str]) -> float:
+        """Accuracy of the dev queries' first generated tokens: a non-empty prefix of an accepted answer."""
+        ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(predictions, dev_sets)]
+        return sum(ok) / max(1, len(ok))
+
+    dev_accuracy = [first_tokens(decode_predictions(lm, ids)) for ids in sweep]
     layer = best_layer(dev_accuracy)
     fv = None
     if config.with_fv:
@@ -149,11 +151,6 @@ def evaluate_multitoken(
     if fv is not None:
         result["function_vector"] = {k: v for k, v in chosen.to_dict().items() if k != "attribution"}
     every: dict[str, ChosenConfig] = {}
-
-    def first_tokens(predictions: list[str]) -> float:
-        ok = [bool(f) and any(a.startswith(f) for a in _accepted(s.query)) for f, s in zip(predictions, dev_sets)]
-        return sum(ok) / max(1, len(ok))
-
     for name in config.every:  # chosen on the dev queries' first tokens, as the task vector's layer
         vectors = configured(name, 1.0).vectors(executor, template, dev_sets, all_layers)
         every[name] = choose_config(executor, name, dev_prompts, vectors, first_tokens, EverySettings())
