@@ -35,9 +35,9 @@ import torch
 from safetensors import safe_open
 
 from taskvec.api.compat import check_compatible
-from taskvec.api.patching import apply_generate, vector_edits
+from taskvec.api.patching import apply_generate, vector_edits, vector_method
 from taskvec.core.interfaces import Method
-from taskvec.core.methods import METHOD_CLASSES, TaskVectorMethod, method_for
+from taskvec.core.methods import METHOD_CLASSES, TaskVectorMethod
 from taskvec.engine.steering import steering
 from taskvec.errors import TaskvecError, TaskVectorFileError
 from taskvec.io.vector_files import write_tensors
@@ -94,7 +94,7 @@ class TaskVector:
 
     def method_object(self) -> Method:
         """The method that applies this vector, rebuilt by the registry from the recorded name and settings."""
-        return method_for(self.method, self.settings)
+        return vector_method(self)
 
     def edits(self, layer: int | None = None) -> list:
         """The edits this vector makes (at ``layer``, default: the stored layer, or for an every-position
