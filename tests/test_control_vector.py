@@ -17,6 +17,7 @@ from tiny_models import make_tiny_model
 import taskvec
 from taskvec import cli
 from taskvec.api.compat import model_metadata
+from taskvec.api.extraction import mean_states
 from taskvec.api.patching import vector_edits
 from taskvec.cli import main
 from taskvec.core.sites import ALL, Add
@@ -167,13 +168,37 @@ def test_block_0_needs_skip_block_0(lm, tmp_path, capsys):
     assert "left out" in cv.metadata["taskvec.note"] and cv.metadata["taskvec.skipped_layers"] == "0"
 
 
-def test_task_vector_is_refused_even_with_approximate(lm, tmp_path, capsys):
-    _, path = saved(make_vector(lm, "task_vector", layer=1), tmp_path)
+def with_queries(tv, queries=QUERIES):
+    tv.metadata.update({"template": {"query": "{input} ->", "separator": "\n", "answer_prefix": " "},
+                        "dev_inputs": list(queries[:-1]), "dummy_queries": list(queries[-1:])})  # fmt: skip
+    return tv
+
+
+def test_task_vector_needs_approximate_which_adds_theta_minus_the_mean_query_state(lm, model_dir, tmp_path, capsys):
+    tv, path = saved(with_queries(make_vector(lm, "task_vector", layer=1)), tmp_path)
     out = tmp_path / "tv.gguf"
-    for extra in ([], ["--approximate"]):
-        refused(["export", str(path), "-o", str(out), *extra], capsys, "replaces", "not even with --approximate")
-        assert not out.exists()
+    refused(["export", str(path), "-o", str(out)], capsys, "replaces", "--approximate")
+    refused(["export", str(path), "-o", str(out), "--model", str(model_dir)], capsys, "--model", "only with")
     assert files_in(tmp_path) == ["vector.safetensors"]
+    assert main(["export", str(path), "-o", str(out), "--approximate", "--model", str(model_dir)]) == 0
+    assert "theta - mean(h)" in capsys.readouterr().out
+    cv = read_control_vector(out)
+    prompts = [f"{q} ->" for q in QUERIES]
+    states = mean_states(lm, [[p] for p in prompts], layers=[1], shared_prefix=False)
+    expected = tv.vectors[1] - states[:, 0].mean(0)
+    assert list(cv.directions) == [direction_index(1)]
+    np.testing.assert_allclose(cv.directions[direction_index(1)], expected.numpy(), atol=1e-5, rtol=0)
+    assert cv.metadata["taskvec.approximate"] is True and "3 bare query prompts" in cv.metadata["taskvec.note"]
+
+
+def test_approximate_task_vector_without_queries_or_model_is_refused(lm, tmp_path, capsys):
+    tv = make_vector(lm, "task_vector", layer=1)
+    _, path = saved(tv, tmp_path)
+    refused(["export", str(path), "-o", str(tmp_path / "tv.gguf"), "--approximate"], capsys, "no query inputs")
+    tv.metadata.pop("model_id", None)
+    _, path = saved(with_queries(tv), tmp_path, "no-model.safetensors")
+    refused(["export", str(path), "-o", str(tmp_path / "tv.gguf"), "--approximate"], capsys, "no model id", "--model")
+    assert not (tmp_path / "tv.gguf").exists()
 
 
 def test_function_vector_needs_approximate(lm, tmp_path, capsys):
@@ -193,7 +218,7 @@ def test_in_context_vector_needs_approximate_and_a_norm(lm, tmp_path, capsys):
     tv, path = saved(make_vector(lm, "in_context_vector", {"strength": 0.2, "layers": [1, 2]}), tmp_path)
     out = tmp_path / "icv.gguf"
     refused(["export", str(path), "-o", str(out)], capsys, "steers", "--approximate")
-    refused(["export", str(path), "-o", str(out), "--approximate"], capsys, "--norm")
+    refused(["export", str(path), "-o", str(out), "--approximate"], capsys, "no query inputs", "--norm")
     refused(["export", str(path), "-o", str(out), "--approximate", "--norm", "1,2"], capsys, "one per layer")
     refused(["export", str(path), "-o", str(out), "--approximate", "--norm", "nan"], capsys, "positive finite")
     assert not out.exists()
@@ -203,6 +228,19 @@ def test_in_context_vector_needs_approximate_and_a_norm(lm, tmp_path, capsys):
         unit = tv.vectors[layer] / tv.vectors[layer].norm()
         np.testing.assert_allclose(cv.directions[direction_index(layer)], (0.2 * norm * unit).numpy(), atol=1e-5)
     assert "strength x norm x unit vector" in cv.metadata["taskvec.note"]
+
+
+def test_in_context_vector_norm_is_measured_on_the_model_without_norm(lm, model_dir, tmp_path, capsys):
+    tv, path = saved(with_queries(make_vector(lm, "in_context_vector", {"strength": 0.2, "layers": [1, 2]})), tmp_path)
+    out = tmp_path / "icv.gguf"
+    assert main(["export", str(path), "-o", str(out), "--approximate", "--model", str(model_dir)]) == 0
+    cv = read_control_vector(out)
+    prompts = [f"{q} ->" for q in QUERIES]
+    states = mean_states(lm, [[p] for p in prompts], shared_prefix=False)  # (3, L, H)
+    for layer in (1, 2):
+        norm = float(states[:, layer].norm(dim=-1).mean())
+        unit = tv.vectors[layer] / tv.vectors[layer].norm()
+        np.testing.assert_allclose(cv.directions[direction_index(layer)], (0.2 * norm * unit).numpy(), atol=1e-4)
 
 
 def write_raw(path, tensors: dict, arch="controlvector"):

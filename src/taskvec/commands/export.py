@@ -12,8 +12,12 @@ tokens), for each ``direction.N`` it holds; llama.cpp cannot steer block 0. What
   own norm): refused; ``--approximate --norm X`` writes ``strength * X_L * v_L / |v_L|``, the add that the steer
   is to first order for a token of norm ``X_L`` orthogonal to ``v_L`` (the file records no typical norm, so the
   user gives it);
-- a ``Replace`` (task vector): refused, also with ``--approximate``: the add equal to replacing a state h by
-  theta is theta - h, a different vector for every prompt, and the file has no h.
+- a ``Replace`` (task vector at the last prompt token): refused; ``--approximate`` loads the model and writes
+  ``theta - mean(h)``, h being block L's last-token output on the task's bare query prompts
+  (:mod:`taskvec.api.reference_states`): the add that makes the replace for a typical query, here added at
+  every position;
+- with ``--approximate`` and no ``--norm``, an In-Context Vector's norm per layer is the mean norm of those
+  same states.
 
 A vector acting at layer 0 is refused unless ``--skip-block-0`` (that layer is left out, and the output says so).
 The index convention (taskvec layer L = block L's output = ``direction.L``) is
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 
+from taskvec.commands._common import add_threads_argument
 from taskvec.errors import TaskvecError
 
 NAME = "export"
@@ -46,15 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output .gguf file")
     parser.add_argument(
         "--approximate", action="store_true",
-        help="export a vector a control vector cannot reproduce exactly (a function vector: added at every position "
-             "instead of the last prompt token; an In-Context Vector, with --norm: strength x norm x unit vector); "
-             "the file and the output say what was approximated. A task vector is refused even so",
+        help="export a vector a control vector cannot reproduce exactly, added at every position: a function vector "
+             "as it is; a task vector as theta - mean(h) (h: block L's last-token output on the task's bare "
+             "queries; loads the model); an In-Context Vector as strength x norm x unit vector (the norm: --norm, "
+             "else the mean norm of those states). The file and the output say what was approximated",
     )  # fmt: skip
     parser.add_argument(
         "--norm", default=None, metavar="X[,X...]",
         help="with --approximate, for an In-Context Vector: the typical norm of the residual stream where it acts, "
-             "one number or one per layer of the file (comma-separated)",
+             "one number or one per layer of the file (comma-separated); default: measured on the model",
     )  # fmt: skip
+    parser.add_argument("--model", default=None,
+                        help="with --approximate, for a task vector or an In-Context Vector without --norm: the "
+                             "model its reference states are measured on (default: the file's model id)")  # fmt: skip
+    add_threads_argument(parser)
     parser.add_argument("--skip-block-0", action="store_true",
                         help="leave out layer 0 (block 0's output), which llama.cpp cannot steer, instead of "
                              "refusing the vector")  # fmt: skip
@@ -93,10 +104,18 @@ def parse_norms(spec: str | None, num_layers: int) -> list[float] | None:
 
 
 def control_directions(
-    tv, *, approximate: bool = False, skip_block_0: bool = False, norms: list[float] | None = None, name: str = ""
+    tv,
+    *,
+    approximate: bool = False,
+    skip_block_0: bool = False,
+    norms: list[float] | None = None,
+    reference=None,
+    name: str = "",
 ) -> Directions:
     """The ``direction.N`` values of a control vector that makes ``tv``'s edits (see the module's docstring);
-    raises :class:`ExportRefusedError`, naming why, for what it cannot make (as asked)."""
+    raises :class:`ExportRefusedError`, naming why, for what it cannot make (as asked). ``reference``: the
+    :class:`taskvec.api.reference_states.ReferenceStates` of the file's queries, which ``--approximate`` needs for a
+    replace (and for a steer without ``norms``)."""
     import torch
 
     from taskvec.core.sites import ALL, Add, Replace, Steer
@@ -106,13 +125,13 @@ def control_directions(
     method = tv.method
     at = 0 if tv.layer is None else tv.layer
     for edit in tv.method_object().edits(at, tv.vectors[at]):  # what kind of edits, before any layer is needed
-        if isinstance(edit, Replace):
+        if isinstance(edit, Replace) and not approximate:
             block = f"block {tv.layer}'s" if tv.layer is not None else "a block's"
             raise ExportRefusedError(
-                f"{what}a {method} cannot be a llama.cpp control vector, not even with --approximate: it replaces "
-                f"{block} output at {_where(edit.site.position)} by theta, and a control vector only adds one fixed "
-                "vector at every position (the add equal to that replace, theta - h, is different for every prompt "
-                "and the file has no h); extract an additive vector instead (--method meandiff or shift)"
+                f"{what}a {method} replaces {block} output at {_where(edit.site.position)} by theta, and a control "
+                "vector only adds one fixed vector at every position (the add equal to that replace, theta - h, is "
+                "different for every prompt); pass --approximate to export theta - mean(h) over the task's bare "
+                "queries (the model is loaded), or extract an additive vector (--method meandiff or shift)"
             )
     if tv.method_object().acts == "last" and tv.layer is None:
         raise ExportRefusedError(f"{what}the {method} records no layer to act at (a one-layer method's layer is "
@@ -125,11 +144,20 @@ def control_directions(
     for edit in edits:
         layer = edit.site.layer
         if isinstance(edit, Replace):
-            raise ExportRefusedError(f"{what}a {method} replaces block {layer}'s output; a control vector can only add")
+            value = _replace_as_add(edit, approximate, reference, method, what)
+            notes.append(f"APPROXIMATE: the {method} replaces block {layer}'s output at "
+                         f"{_where(edit.site.position)} by theta in taskvec; this file adds theta - mean(h) at every "
+                         f"position (prompt and generated tokens), h being that state on {reference.n_prompts} bare "
+                         "query prompts of the task.")  # fmt: skip
+            inexact = True
+            per_layer[layer] = per_layer[layer] + value if layer in per_layer else value
+            continue
         if edit.site.head is not None:
             raise ExportRefusedError(f"{what}a {method} edits attention head {edit.site.head} of block {layer}; a "
                                      "control vector can only add to a block's output")  # fmt: skip
         if isinstance(edit, Steer):
+            if norms is None and reference is not None:
+                norms = [float(x) for x in reference.norm]
             value = _steer_as_add(edit, approximate, norms, method, what)
             notes.append(_STEER_NOTE)
             inexact = True
@@ -207,6 +235,29 @@ def _steer_as_add(edit, approximate: bool, norms: list[float] | None, method: st
     return value * (float(edit.strength) * norms[layer] / length)
 
 
+def _replace_as_add(edit, approximate: bool, reference, method: str, what: str):
+    layer = edit.site.layer
+    if not approximate:  # (refused earlier with the full reason)
+        raise ExportRefusedError(f"{what}a {method} replaces block {layer}'s output; a control vector can only add")
+    if reference is None:
+        raise ExportRefusedError(f"{what}--approximate needs the model for a {method}: the add is theta - mean(h), "
+                                 "h measured on the task's bare queries (pass --model, or keep the model id in the "
+                                 "file)")  # fmt: skip
+    return edit.value.detach().float().cpu() - reference.mean[layer].float().cpu()
+
+
+def needs_reference(tv, approximate: bool, norms) -> bool:
+    """Whether ``--approximate`` export of ``tv`` needs the model's reference states: a replace, or a steer
+    without ``--norm``."""
+    from taskvec.core.sites import Replace, Steer
+
+    if not approximate:
+        return False
+    at = 0 if tv.layer is None else tv.layer
+    kinds = {type(e) for e in tv.method_object().edits(at, tv.vectors[at])}
+    return Replace in kinds or (Steer in kinds and norms is None)
+
+
 def metadata_of(tv, made: Directions) -> dict:
     """The ``taskvec.*`` keys of the GGUF (llama.cpp ignores them): where the vector came from, whether the file
     only approximates it, and why."""
@@ -238,11 +289,14 @@ def metadata_of(tv, made: Directions) -> dict:
     return out
 
 
-def export_control_vector(tv, path, *, approximate=False, skip_block_0=False, norms=None, name="") -> Directions:
+def export_control_vector(
+    tv, path, *, approximate=False, skip_block_0=False, norms=None, reference=None, name=""
+) -> Directions:
     """Write ``tv`` as a llama.cpp control vector at ``path`` (atomically); what was written, and why."""
     from taskvec.io.control_vector import write_control_vector
 
-    made = control_directions(tv, approximate=approximate, skip_block_0=skip_block_0, norms=norms, name=name)
+    made = control_directions(tv, approximate=approximate, skip_block_0=skip_block_0, norms=norms,
+                              reference=reference, name=name)  # fmt: skip
     write_control_vector(path, made.directions, model_hint=tv.metadata.get("architecture") or None,
                          metadata=metadata_of(tv, made))  # fmt: skip
     return made
@@ -260,8 +314,16 @@ def run(args: argparse.Namespace) -> None:
         raise ExportRefusedError("--norm is used only with --approximate (for an In-Context Vector)")
     tv = TaskVector.load(args.vector)
     norms = parse_norms(args.norm, tv.num_layers)
+    if args.model is not None and not args.approximate:
+        raise ExportRefusedError("--model is used only with --approximate (to measure a task vector's or an "
+                                 "In-Context Vector's reference states)")  # fmt: skip
+    reference = None
+    if needs_reference(tv, args.approximate, norms):
+        control_directions(tv, approximate=True, skip_block_0=args.skip_block_0, norms=norms,
+                           reference=_placeholder(tv), name=repr(args.vector))  # refuse what no model fixes, first
+        reference = _reference(tv, args)
     made = export_control_vector(tv, out, approximate=args.approximate, skip_block_0=args.skip_block_0,
-                                 norms=norms, name=repr(args.vector))  # fmt: skip
+                                 norms=norms, reference=reference, name=repr(args.vector))  # fmt: skip
     indices = sorted(made.directions)
     listed = ", ".join(f"direction.{i}" for i in indices) if len(indices) <= 6 else \
         f"direction.{indices[0]} .. direction.{indices[-1]} ({len(indices)} tensors)"  # fmt: skip
@@ -269,3 +331,31 @@ def run(args: argparse.Namespace) -> None:
     print(f"{tv.method} -> {out}: {listed}, n_embd {width}; load it with llama.cpp --control-vector {out}")
     for note in made.notes:
         print(f"note: {note}")
+
+
+def _reference(tv, args: argparse.Namespace):
+    from taskvec.api.reference_states import query_inputs, reference_states
+    from taskvec.models.loading import check_model_spec, load_model
+
+    try:
+        query_inputs(tv)
+    except TaskvecError as exc:
+        raise ExportRefusedError(f"{exc} (an In-Context Vector can take --norm instead)") from None
+    model = args.model or tv.metadata.get("model_id")
+    if not isinstance(model, str) or not model:
+        raise ExportRefusedError(f"{args.vector!r} records no model id: pass --model (the model its reference "
+                                 "states are measured on)")  # fmt: skip
+    check_model_spec(model)
+    print(f"loading {model} to measure the reference states ...", file=sys.stderr)
+    ref = reference_states(load_model(model), tv)
+    print(f"reference states: {ref.n_prompts} bare query prompts", file=sys.stderr)
+    return ref
+
+
+def _placeholder(tv):
+    """Reference states of the right shape (zero means, unit norms) for checking a vector before loading a model."""
+    import torch
+
+    from taskvec.api.reference_states import ReferenceStates
+
+    return ReferenceStates(torch.zeros_like(tv.vectors, dtype=torch.float32), torch.ones(tv.num_layers), 0)
