@@ -42,6 +42,7 @@ from taskvec.heads import (
     shuffled_examples,
 )
 from taskvec.heads.function_vector import accuracy
+from taskvec.runtime import make_executor
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import builtin_task
 
@@ -76,13 +77,14 @@ def run_task(lm, name: str, args) -> None:
         pairs[args.n_test + args.n_dev :],
     )
     template = prepared.template
+    executor = make_executor(lm, "fast")
     clean = sample_icl_examples(pool, args.n_clean, args.shots, seed=args.seed)
     corrupted = shuffled_examples(sample_icl_examples(pool, args.n_corrupted, args.shots, seed=args.seed + 1),
                                   seed=args.seed + 2)  # fmt: skip
     with accounting() as acc:
         started, cpu = time.perf_counter(), time.process_time()
         with stage("attribution"):
-            att = head_attribution(lm, clean, corrupted, template)
+            att = head_attribution(executor, clean, corrupted, template)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     work = acc.work("attribution")
     sites = head_sites(lm)
@@ -105,16 +107,16 @@ def run_task(lm, name: str, args) -> None:
     if not args.fv:
         return
     first, last = (int(v) for v in args.layers.split("-"))
-    fv = select_function_vector(lm, att, template, [x for x, _ in dev], [y for _, y in dev],
+    fv = select_function_vector(executor, att, template, [x for x, _ in dev], [y for _, y in dev],
                                 layers=range(first, last + 1))  # fmt: skip
     queries, answers = [x for x, _ in test], [y for _, y in test]
     icl = sample_icl_examples(pool, len(test), args.shots, seed=args.seed + 3)
     icl = [type(e)(e.demonstrations, q, a) for e, (q, a) in zip(icl, test)]
     predictions = {
-        "zero-shot": apply_function_vector(lm, fv, queries, scale=0.0),
+        "zero-shot": apply_function_vector(executor, fv, queries, scale=0.0),
         "ICL": icl_predictions(lm, icl, template),
-        "FV": apply_function_vector(lm, fv, queries),
-        "random": apply_function_vector(lm, random_like(fv, seed=args.seed), queries),
+        "FV": apply_function_vector(executor, fv, queries),
+        "random": apply_function_vector(executor, random_like(fv, seed=args.seed), queries),
     }
     scores = {name: accuracy(p, answers) for name, p in predictions.items()}
     icl_correct = [i for i, (p, a) in enumerate(zip(predictions["ICL"], answers)) if p == a.strip()]

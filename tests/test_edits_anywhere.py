@@ -80,7 +80,7 @@ def randn(*shape, seed: int, scale: float = 3.0) -> torch.Tensor:
 def methods(lm) -> dict:
     """One instance of every method, with settings that make its vector act visibly on a tiny model."""
     icl = [DEFAULT_TEMPLATE.icl_prompt(s.demo_tuples, d) for s in SETS for d in s.dummies]
-    rms = mean_head_outputs(lm, icl).attention_rms
+    rms = mean_head_outputs(make_executor(lm, "plain", 4), icl).attention_rms
     last = lm.num_layers - 1
     return {
         "task_vector": TASK_VECTOR,

@@ -23,7 +23,9 @@ from taskvec.experiments.interpret import InterpretConfig, run_interpret
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.experiments.multitoken import MultiTokenConfig, evaluate_multitoken
 from taskvec.experiments.robustness import RobustnessConfig, run_robustness
+from taskvec.heads import head_attribution, sample_icl_examples, select_function_vector, shuffled_examples
 from taskvec.models.adapter import attention_output
+from taskvec.prompts import DEFAULT_TEMPLATE
 from taskvec.runtime import FastExecutor, PlainExecutor, make_executor
 from taskvec.tasks import builtin_task, prepare_task
 
@@ -52,6 +54,39 @@ def test_main_experiment_same_under_both_executors(family):
     plain, fast = (evaluate_task(lm, prepared, config, executor=e) for e in both(lm))
     assert plain[1] == fast[1]  # every row: prompt, layer, prediction, correctness
     assert without_seconds(plain[0]) == without_seconds(fast[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_function_vector_same_under_both_executors(family):
+    """Head attribution (one last-token variant per head, scored by p(gold)) and the function vector's dev grid
+    (one variant per (layer, k, scale), scored by the argmax): the fast executor's cached last-token path gives
+    the plain executor's answers; and a whole tv,fv run with its controls is the same under both."""
+    lm = make_tiny_model(family)
+    pairs = [(c, c.upper()) for c in "abcdefghijklmnop"]
+    clean = sample_icl_examples(pairs, 3, 3, seed=0)
+    corrupted = shuffled_examples(sample_icl_examples(pairs, 3, 3, seed=1), seed=2)
+    plain, fast = both(lm)
+    template = DEFAULT_TEMPLATE
+    by_plain = head_attribution(plain, clean, corrupted, template)
+    by_fast = head_attribution(fast, clean, corrupted, template)
+    torch.testing.assert_close(by_fast.aie, by_plain.aie, rtol=1e-5, atol=1e-7)
+    assert by_fast.top_heads(5) == by_plain.top_heads(5)
+    queries, answers = list("qrs"), list("QRS")
+    chosen = [select_function_vector(e, by_plain, template, queries, answers, ks=(1, 3), scales=(1.0, 8.0))
+              for e in (plain, fast)]  # fmt: skip
+    assert chosen[0].selection == chosen[1].selection
+    config = MainConfig(model="tiny", n_dev=4, n_test=4, n_baseline=4, seed=3, batch_size=4,
+                        methods=("task_vector", "function_vector"), fv={"n_corrupted": 3, "ks": [1, 2]})  # fmt: skip
+    prepared = prepare_task(lm, builtin_task("to_upper"))
+    runs = [evaluate_task(lm, prepared, config, executor=e) for e in both(lm)]
+    assert runs[0][1] == runs[1][1]
+    # the attribution's probabilities come from a cached last token in one and whole prompts in the other:
+    # equal to float32 rounding (every choice made from them is compared exactly above and below)
+    found = [without_seconds(r[0]) for r in runs]
+    tables = [r["function_vector"].pop("attribution") for r in found]
+    assert found[0] == found[1]
+    assert tables[0]["baseline_probability"] == pytest.approx(tables[1]["baseline_probability"], rel=1e-5)
+    torch.testing.assert_close(torch.tensor(tables[0]["aie"]), torch.tensor(tables[1]["aie"]), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

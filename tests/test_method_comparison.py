@@ -46,7 +46,8 @@ def test_method_vector_equals_attribution_vector_on_both_executors(family):
     vector built from the attribution's mean head outputs (post-attention norm folded in the same way)."""
     lm = make_tiny_model(family)
     clean = sample_icl_examples(PAIRS, 4, 3, seed=0)
-    att = head_attribution(lm, clean, shuffled_examples(sample_icl_examples(PAIRS, 2, 3, seed=1)), DEFAULT_TEMPLATE)
+    corrupted = shuffled_examples(sample_icl_examples(PAIRS, 2, 3, seed=1))
+    att = head_attribution(make_executor(lm, "fast", 4), clean, corrupted, DEFAULT_TEMPLATE)
     fv = function_vector(lm, att, 3, DEFAULT_TEMPLATE)
     method = FunctionVectorMethod(fv.heads, att.mean_outputs.attention_rms, scale=2.0)
     prompts = [[e.prompt(DEFAULT_TEMPLATE) for e in clean]]

@@ -160,7 +160,7 @@ def extract_function_vector(
              for i, (x, y) in enumerate(demonstrations)]  # fmt: skip
     rng = random.Random(0)
     corrupted = [shuffle_labels(e, rng) for e in clean]
-    attribution = head_attribution(lm, clean, corrupted, template, batch_size=executor.batch_size)
+    attribution = head_attribution(executor, clean, corrupted, template)
     heads = attribution.top_heads(min(int(k), int((~torch.isnan(attribution.aie)).sum())))
     at = lm.num_layers // 3 if layer is None else check_layers(lm, [layer])[0]
     method = FunctionVectorMethod(heads, attribution.mean_outputs.attention_rms, scale)

@@ -37,6 +37,15 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_attribution_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attribution", default="exact", choices=("exact", "gradient"),
+        help="with fv: each head's effect by patched forwards (exact: one last-token forward per head and "
+             "prompt) or by attribution patching (gradient: one forward and backward per prompt, a linear "
+             "estimate; see docs/function-vectors.md for how it compares)",
+    )  # fmt: skip
+
+
 def require_positive(args: argparse.Namespace, *names: str) -> None:
     """Refuse ``--name`` values below 1 with a message naming the option and the value."""
     for name in names:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from taskvec.commands._common import (
+    add_attribution_argument,
     add_dtype_argument,
     add_model_argument,
     add_threads_argument,
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-prompts", type=int, default=25,
                         help="clean prompts (and as many shuffled-label prompts) per task")  # fmt: skip
     parser.add_argument("--seed", type=int, default=41, help="sampling seed")
+    add_attribution_argument(parser)
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/heads-<model>)")
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
     check_model_spec(args.model)
     out = Path(args.out) if args.out else Path("taskvec-runs") / f"heads-{Path(args.model).name}"
     config = HeadsConfig(model=args.model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
-                         n_prompts=args.n_prompts, seed=args.seed, dtype=args.dtype)  # fmt: skip
+                         n_prompts=args.n_prompts, seed=args.seed, dtype=args.dtype,
+                         attribution=args.attribution)  # fmt: skip
     if out.is_dir():
         check_run_config(out, config.to_dict())
     with task_progress(f"heads {args.model}") as progress:

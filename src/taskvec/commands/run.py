@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from taskvec.commands._common import (
+    add_attribution_argument,
     add_batch_size_argument,
     add_device_argument,
     add_dtype_argument,
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "layers with every k and scale) or full (the whole layer x k x scale grid)")  # fmt: skip
     parser.add_argument("--fv-corrupted", type=int, default=25,
                         help="with fv: shuffled-label prompts per task for the head attribution")  # fmt: skip
+    add_attribution_argument(parser)
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument(
@@ -148,4 +150,5 @@ def fv_settings(args: argparse.Namespace) -> dict:
         raise TaskvecError(f"--fv-corrupted {args.fv_corrupted}: expected a positive number of prompts")
     return {"n_corrupted": args.fv_corrupted, "ks": _numbers(args.fv_k, "--fv-k", int),
             "scales": _numbers(args.fv_scales, "--fv-scales", float),
-            "refine_layers": 3 if args.fv_search == "refine" else None}  # fmt: skip
+            "refine_layers": 3 if args.fv_search == "refine" else None,
+            **({"attribution": args.attribution} if args.attribution != "exact" else {})}  # fmt: skip

@@ -115,6 +115,12 @@ class Executor(Protocol):
         """Log-probability (N,) of ``token_ids[i]`` as prompt i's next token, ``edits[i]`` applied."""
         ...
 
+    def last_token(self, prompts: Sequence[str], variants: Sequence[RowEdits], *, gold: Sequence[int] | None = None):
+        """Many variants of edits at the last token of every prompt: next token (V, N) of prompt n under variant
+        v, and with ``gold`` log p(gold[n]) (V, N) (a ``LastTokenResults``). An executor may run each prompt's
+        tokens but the last once for all variants."""
+        ...
+
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int, edits: Sequence[RowEdits] | None = None,
         stop: StopRule = DEFAULT_STOP,

@@ -39,13 +39,13 @@ def extract_function_vector(
     clean = sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed)
     corrupted = shuffled(sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed + 1),
                          random.Random(config.seed + 2))  # fmt: skip
-    attribution = head_attribution(lm, clean, corrupted, template, batch_size=executor.batch_size)
+    attribution = head_attribution(executor, clean, corrupted, template)
 
     def score(predictions: Sequence[str]) -> float:
         return sum(is_correct(p, d, task.scoring) for p, d in zip(predictions, dev)) / len(dev)
 
     layers = None if config.layer is None else [config.layer]
-    fv = select_function_vector(lm, attribution, template, [p.input for p in dev], [p.output for p in dev],
+    fv = select_function_vector(executor, attribution, template, [p.input for p in dev], [p.output for p in dev],
                                 layers=layers, scorer=score)  # fmt: skip
     applied = (fv.scale * fv.vector)[None, :].expand(lm.num_layers, -1).clone()
     best = fv.selection["best_dev_accuracy"]

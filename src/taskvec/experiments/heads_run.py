@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taskvec.core.interfaces import Executor
 from taskvec.experiments.locking import output_dir_lock
 from taskvec.experiments.main_experiment import task_rng
 from taskvec.experiments.method_comparison import shuffled
@@ -31,6 +32,7 @@ from taskvec.io.atomic import write_json_atomic
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report.heads_report import write_heads_report
 from taskvec.report.methods import top_heads
+from taskvec.runtime import make_executor
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import load_tasks
 
@@ -46,10 +48,13 @@ class HeadsConfig:
     n_prompts: int = 25
     seed: int = 41
     dtype: str = "float32"
+    attribution: str = "exact"  # or "gradient" (attribution patching)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"], d["task_files"], d["command"] = list(self.tasks), list(self.task_files), "heads"
+        if self.attribution == "exact":  # recorded only when not the default: earlier runs' configs stay equal
+            del d["attribution"]
         return d
 
 
@@ -65,11 +70,12 @@ def run_heads(
     with output_dir_lock(out_dir) as out:
         resuming = open_run_dir(out, config.to_dict())
         lm = lm or load_model(config.model, dtype=config.dtype)
+        executor = make_executor(lm, "fast")
         if not resuming:
             write_run_config(out, config.to_dict())
         saved = each_task(
-            out, [t.name for t in tasks], lambda i: {"result": attribute_task(lm, tasks[i], config), "predictions": []},
-            progress,
+            out, [t.name for t in tasks],
+            lambda i: {"result": attribute_task(executor, tasks[i], config), "predictions": []}, progress,
         )  # fmt: skip
         per_task = {name: s["result"] for name, s in saved.items()}
         results = heads_results(lm, config, per_task, time.perf_counter() - started)
@@ -78,9 +84,10 @@ def run_heads(
     return results
 
 
-def attribute_task(lm: LoadedModel, task, config: HeadsConfig) -> dict:
+def attribute_task(executor: Executor, task, config: HeadsConfig) -> dict:
     """One task's AIE table and how it was measured."""
     started = time.perf_counter()
+    lm = executor.lm
     prepared = prepare_task(lm, task)
     pairs = [(p.input, p.output) for p in prepared.pairs]
     rng = task_rng(config.seed, task.name)
@@ -88,7 +95,7 @@ def attribute_task(lm: LoadedModel, task, config: HeadsConfig) -> dict:
     clean = sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31))
     corrupted = shuffled(sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31)),
                          random.Random(rng.randrange(2**31)))  # fmt: skip
-    attribution = head_attribution(lm, clean, corrupted, prepared.template)
+    attribution = head_attribution(executor, clean, corrupted, prepared.template, attribution=config.attribution)
     table = np.array([[math.nan if v is None else v for v in row] for row in attribution.to_dict()["aie"]])
     return {
         "category": task.category,

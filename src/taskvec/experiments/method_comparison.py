@@ -47,10 +47,13 @@ class FvSettings:
     ks: tuple[int, ...] = DEFAULT_KS
     scales: tuple[float, ...] = DEFAULT_SCALES
     refine_layers: int | None = 3  # coarse-to-fine dev search (None: the full layer x k x scale grid)
+    attribution: str = "exact"  # head effects by patched forwards, or "gradient" (attribution patching)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ks"], d["scales"] = list(self.ks), list(self.scales)
+        if self.attribution == "exact":  # recorded only when not the default: earlier runs' configs stay equal
+            del d["attribution"]
         return d
 
 
@@ -107,9 +110,9 @@ def choose_function_vector(
     clean = icl_examples(dev)
     with stage("fv_attribution"):
         corrupted = shuffled(clean[: settings.n_corrupted], rng)
-        attribution = head_attribution(lm, clean, corrupted, template, batch_size=executor.batch_size)
+        attribution = head_attribution(executor, clean, corrupted, template, attribution=settings.attribution)
     with stage("fv_selection"):
-        fv = select_function_vector(lm, attribution, template, [s.query.input for s in dev],
+        fv = select_function_vector(executor, attribution, template, [s.query.input for s in dev],
                                     [s.query.output for s in dev], ks=settings.ks, scales=settings.scales,
                                     scorer=scorer(prepared, dev, scoring),
                                     refine_layers=settings.refine_layers)  # fmt: skip

@@ -1,9 +1,9 @@
 """Attention-head work: head sites, head attribution (AIE) and function vectors (Todd et al. 2024).
 
-- :mod:`.sites` finds every block's attention output projection, head count and post-attention norm;
-- :mod:`.hooks` reads/replaces heads' outputs and adds vectors to block outputs (last position);
+- :mod:`taskvec.models.head_sites` finds every block's attention output projection, head count and
+  post-attention norm; heads are read and edited as sites (``Site(layer, head=j)``) through an executor;
 - :mod:`.examples` builds clean and shuffled-label ICL examples and the gold answers' first tokens;
-- :mod:`.attribution` computes mean head outputs and each head's average indirect effect;
+- :mod:`.attribution` computes mean head outputs and each head's average indirect effect (executor calls);
 - :mod:`.function_vector` builds and applies function vectors;
 - :mod:`.selection` chooses the layer, k and scale on dev queries.
 """

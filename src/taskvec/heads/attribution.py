@@ -1,9 +1,10 @@
 """Head attribution: mean head outputs on clean ICL prompts, and each head's average indirect effect (AIE).
 
 AIE of head (li, j): over shuffled-label prompts, the mean rise in the probability of the gold answer's
-first token when that head's last-token output is set to its clean mean ā_lj. Each corrupted prompt's
-key/value cache for all tokens but the last is computed once (one forward per group of prompts); then
-the last token runs in batches of rows, one unpatched row per prompt and one row per tested head.
+first token when that head's last-token output is set to its clean mean ā_lj. Both are executor calls: the
+means a read of every head site, the effects one ``last_token`` call with one variant per head (the fast
+executor runs each corrupted prompt's tokens but the last once, and skips the blocks below each head's layer;
+the plain one runs every (prompt, head) whole).
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from dataclasses import dataclass
 
 import torch
 
-from taskvec.engine.accounting import record
-from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.prompts import PromptTemplate
+from taskvec.core.interfaces import Executor
+from taskvec.core.sites import Replace, Site
+from taskvec.engine.gradients import gradient_aie
 from taskvec.errors import TaskvecError
 from taskvec.heads.examples import IclExample, first_answer_tokens
-from taskvec.heads.hooks import capture_head_outputs
-from taskvec.heads.last_token import DEFAULT_MAX_ROWS, patched_gold_probabilities
 from taskvec.models.head_sites import HeadSite, head_sites, rms
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
+
+#: How head effects are measured: patched forwards (exact) or attribution patching (gradient).
+ATTRIBUTIONS = ("exact", "gradient")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class HeadAttribution:
     mean_outputs: MeanHeadOutputs
     baseline_probability: float  # mean p(gold first token) of the unpatched corrupted prompts
     n_corrupted: int
+    method: str = "exact"  # "exact" (patched forwards) or "gradient" (attribution patching's linear estimate)
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` heads with the largest AIE, best first (ties: lower layer, then lower head)."""
@@ -55,6 +59,7 @@ class HeadAttribution:
             "baseline_probability": self.baseline_probability,
             "n_clean": self.mean_outputs.n_prompts,
             "n_corrupted": self.n_corrupted,
+            **({"method": self.method} if self.method != "exact" else {}),
         }
 
 
@@ -69,27 +74,27 @@ def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int]]:
     return [(li, j) for _, li, j in sorted(flat)[:k]]
 
 
+def head_site_list(lm: LoadedModel) -> list[Site]:
+    """Every head of the model as a read/edit site at the last prompt token, layer by layer."""
+    sites = head_sites(lm)
+    return [Site(site.layer, head=j) for site in sites for j in range(site.n_heads)]
+
+
 @torch.no_grad()
-def mean_head_outputs(lm: LoadedModel, prompts: Sequence[str], *, batch_size: int = 16) -> MeanHeadOutputs:
-    """Mean of every head's output at the last token of ``prompts`` (before the output projection)."""
+def mean_head_outputs(executor: Executor, prompts: Sequence[str]) -> MeanHeadOutputs:
+    """Mean of every head's output at the last token of ``prompts`` (before the output projection), read by
+    ``executor``; with the mean rms of each layer's attention output there."""
     if not prompts:
         raise TaskvecError("no clean prompts given; expected at least one ICL prompt")
-    sites = head_sites(lm)
-    rows = encode(lm, prompts)
-    total = torch.zeros(len(sites), sites[0].n_heads, sites[0].head_dim)
-    rms_total = torch.zeros(len(sites))
-    for group in length_sorted_chunks(rows, batch_size):
-        batch = collate(lm, [rows[i] for i in group])
-        store: dict[int, torch.Tensor] = {}
-        with capture_head_outputs(sites, store):
-            lm.adapter.base_model(**batch.model_inputs(), use_cache=False)
-        record(tokens=int(batch.attention_mask.sum()), padded_tokens=batch.attention_mask.numel(),
-               blocks=lm.num_layers)  # fmt: skip
-        for site in sites:
-            heads = store[site.layer].cpu()  # (B, n, d)
-            total[site.layer] += heads.sum(0)
-            rms_total[site.layer] += float(rms(attention_output(site, heads)).sum())  # (the weight may be on a GPU)
-    return MeanHeadOutputs(total / len(rows), rms_total / len(rows), len(rows))
+    sites = head_sites(executor.lm)
+    read = executor.read(prompts, head_site_list(executor.lm))
+    means = torch.zeros(len(sites), sites[0].n_heads, sites[0].head_dim)
+    attention_rms = torch.zeros(len(sites))
+    for site in sites:
+        heads = torch.stack([read[Site(site.layer, head=j)] for j in range(site.n_heads)], dim=1)  # (N, n, d)
+        means[site.layer] = heads.mean(0)
+        attention_rms[site.layer] = rms(attention_output(site, heads)).mean()  # (the weight may be on a GPU)
+    return MeanHeadOutputs(means, attention_rms, len(prompts))
 
 
 def attention_output(site: HeadSite, heads: torch.Tensor) -> torch.Tensor:
@@ -100,46 +105,59 @@ def attention_output(site: HeadSite, heads: torch.Tensor) -> torch.Tensor:
 
 
 def all_heads(lm: LoadedModel) -> list[tuple[int, int]]:
-    sites = head_sites(lm)
-    return [(site.layer, j) for site in sites for j in range(site.n_heads)]
+    return [(site.layer, site.head) for site in head_site_list(lm)]
 
 
 @torch.no_grad()
 def head_attribution(
-    lm: LoadedModel,
+    executor: Executor,
     clean: Sequence[IclExample],
     corrupted: Sequence[IclExample],
     template: PromptTemplate,
     *,
     heads: Sequence[tuple[int, int]] | None = None,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    batch_size: int = 16,
+    attribution: str = "exact",
 ) -> HeadAttribution:
     """AIE of each head in ``heads`` (default: all) for one task; untested heads get NaN.
 
     ``clean`` gives the mean head outputs; ``corrupted`` are shuffled-label examples (see
     :func:`taskvec.heads.examples.shuffled_examples`) whose gold answer's first token is scored.
+    ``attribution="exact"``: one :meth:`~taskvec.core.interfaces.Executor.last_token` call, the unpatched prompt
+    and one variant per head (its last-token output replaced by its clean mean). ``"gradient"``: attribution
+    patching (:mod:`taskvec.engine.gradients`), one forward and backward per corrupted prompt, the linear
+    estimate of each head's effect.
     """
+    if attribution not in ATTRIBUTIONS:
+        raise TaskvecError(f"attribution {attribution!r}; expected one of {', '.join(ATTRIBUTIONS)}")
     if not corrupted:
         raise TaskvecError("no corrupted prompts given; expected at least one shuffled-label ICL example")
+    lm = executor.lm
     sites = head_sites(lm)
     tested = all_heads(lm) if heads is None else [(int(li), int(j)) for li, j in heads]
     for li, j in tested:
         if not (0 <= li < len(sites) and 0 <= j < sites[li].n_heads):
             raise TaskvecError(f"head ({li}, {j}) does not exist; expected layer 0..{len(sites) - 1} and head "
                                f"0..{sites[0].n_heads - 1}")  # fmt: skip
-    means = mean_head_outputs(lm, [e.prompt(template) for e in clean], batch_size=batch_size)
-    gold = torch.tensor(first_answer_tokens(lm, template, corrupted))
-    probs = patched_gold_probabilities(lm, [e.prompt(template) for e in corrupted], gold, tested, means.means,
-                                       max_rows=max_rows)  # fmt: skip
-    rise = probs[:, 1:] - probs[:, :1]  # (P, len(tested))
+    means = mean_head_outputs(executor, [e.prompt(template) for e in clean])
+    gold = first_answer_tokens(lm, template, corrupted)
+    prompts = [e.prompt(template) for e in corrupted]
     aie = torch.full((len(sites), sites[0].n_heads), torch.nan)
-    for col, (li, j) in enumerate(tested):
-        aie[li, j] = rise[:, col].mean()
-    baseline = float(probs[:, 0].mean())
-    logger.info("head attribution: %d clean, %d corrupted prompts, %d heads; baseline p=%.4f, best AIE %.4f",
-                len(clean), len(corrupted), len(tested), baseline, float(rise.mean(0).max()))  # fmt: skip
-    return HeadAttribution(aie, means, baseline, len(corrupted))
+    if attribution == "gradient":
+        estimate, probabilities = gradient_aie(lm, prompts, gold, means.means, batch_size=executor.batch_size)
+        for li, j in tested:
+            aie[li, j] = estimate[li, j]
+        baseline = float(probabilities.mean())
+    else:
+        variants = [[]] + [[Replace(Site(li, head=j), means.means[li, j])] for li, j in tested]
+        probs = executor.last_token(prompts, variants, gold=gold).logprobs.exp().T  # (P, 1 + len(tested))
+        rise = probs[:, 1:] - probs[:, :1]
+        for col, (li, j) in enumerate(tested):
+            aie[li, j] = rise[:, col].mean()
+        baseline = float(probs[:, 0].mean())
+    logger.info("head attribution (%s): %d clean, %d corrupted prompts, %d heads; baseline p=%.4f, best AIE %.4f",
+                attribution, len(clean), len(corrupted), len(tested), baseline,
+                float(aie[~torch.isnan(aie)].max()))  # fmt: skip
+    return HeadAttribution(aie, means, baseline, len(corrupted), attribution)
 
 
 def average_aie(attributions: Sequence[HeadAttribution]) -> torch.Tensor:

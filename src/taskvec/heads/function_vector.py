@@ -20,15 +20,16 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from taskvec.core.decoding import decode_predictions
-from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.forward import check_layers, next_token_logits
-from taskvec.engine.prompts import PromptTemplate
+from taskvec.core.interfaces import Executor
+from taskvec.core.methods.function_vector import FunctionVectorMethod
+from taskvec.core.sites import Add, Site
+from taskvec.engine.forward import check_layers
 from taskvec.engine.validation import check_queries
 from taskvec.errors import TaskvecError
-from taskvec.heads.attribution import HeadAttribution, MeanHeadOutputs, top_heads
-from taskvec.heads.hooks import add_to_block_output
-from taskvec.models.head_sites import head_sites, project_heads
+from taskvec.heads.attribution import HeadAttribution, top_heads
+from taskvec.models.head_sites import head_sites
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,6 @@ class FunctionVector:
         }
 
 
-@torch.no_grad()
-def head_contributions(lm: LoadedModel, means: MeanHeadOutputs, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Each head's mean output in residual-stream space (len(heads), H), post-attention norms folded in."""
-    values = torch.stack([means.means[li, j] for li, j in heads])[None]
-    return project_heads(lm, values, heads, means.attention_rms)[0]
-
-
 def function_vector(
     lm: LoadedModel,
     attribution: HeadAttribution,
@@ -86,10 +80,13 @@ def function_vector(
     scale: float = 1.0,
 ) -> FunctionVector:
     """The function vector of the top-``k`` heads by ``aie`` (default: this task's own AIE table; pass
-    :func:`taskvec.heads.attribution.average_aie` of several tasks for a universal head set)."""
+    :func:`taskvec.heads.attribution.average_aie` of several tasks for a universal head set), from the heads'
+    clean means by :class:`~taskvec.core.methods.function_vector.FunctionVectorMethod` (where it is defined)."""
     table = attribution.aie if aie is None else aie
     heads = top_heads(table, k)
-    vector = head_contributions(lm, attribution.mean_outputs, heads).sum(0)
+    means = attribution.mean_outputs
+    method = FunctionVectorMethod(heads, means.attention_rms)
+    vector = method.from_means(lm, torch.stack([means.means[li, j] for li, j in heads])[None])[0]
     corrected = any(head_sites(lm)[li].post_norm is not None for li, _ in heads)
     if layer is not None:
         layer = check_layers(lm, [layer])[0]
@@ -109,15 +106,12 @@ def random_same_norm(vectors: torch.Tensor, seed: int) -> torch.Tensor:
     return directions * (vectors.norm(dim=-1, keepdim=True) / directions.norm(dim=-1, keepdim=True))
 
 
-@torch.no_grad()
 def apply_function_vector(
-    lm: LoadedModel,
+    executor: Executor,
     fv: FunctionVector,
     queries: Sequence[str],
     layer: int | None = None,
     scale: float | None = None,
-    *,
-    batch_size: int = 32,
 ) -> list[str]:
     """Greedy first-token answers of the bare query prompts with ``scale * fv.vector`` added to the output
     of block ``layer`` at the last position (defaults: the vector's own layer and scale)."""
@@ -125,15 +119,11 @@ def apply_function_vector(
     layer = fv.layer if layer is None else layer
     if layer is None:
         raise TaskvecError("no layer given and the function vector has none; expected a block index")
-    layer = check_layers(lm, [layer])[0]
+    layer = check_layers(executor.lm, [layer])[0]
     scale = fv.scale if scale is None else float(scale)
-    rows = encode(lm, [fv.template.query_prompt(q) for q in queries])
-    ids = torch.empty(len(rows), dtype=torch.long)
-    for group in length_sorted_chunks(rows, batch_size):
-        batch = collate(lm, [rows[i] for i in group])
-        with add_to_block_output(lm.adapter.layers, {layer: scale * fv.vector}):
-            ids[group] = next_token_logits(lm, batch).argmax(-1)
-    return decode_predictions(lm, ids)
+    edits = [[Add(Site(layer), scale * fv.vector)]] * len(queries)
+    ids = executor.predict([fv.template.query_prompt(q) for q in queries], edits, short=True).ids
+    return decode_predictions(executor.lm, ids)
 
 
 def accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:

@@ -24,6 +24,7 @@ from taskvec.core.sites import RowEdits, is_last_token_replace, row_edits
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin, close
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, predict_ids
+from taskvec.engine.last_token import LastTokenResults, last_token_variants
 from taskvec.engine.shared_prefix import run_prompt_groups
 from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.sweep import sweep_token_ids
@@ -35,6 +36,8 @@ from taskvec.runtime.base import ExecutorBase
 SETS_PER_SLOT = 2
 #: (prompt, layer) rows of one last-token forward of the cached sweep, per unit of batch size.
 SWEEP_ROWS_PER_SLOT = 8
+#: (prompt, variant) rows of one cached last-token forward, per unit of batch size.
+LAST_TOKEN_ROWS_PER_SLOT = 4
 
 
 class FastExecutor(ExecutorBase):
@@ -97,6 +100,16 @@ class FastExecutor(ExecutorBase):
             rows = SWEEP_ROWS_PER_SLOT * self.batch_size
             return sweep_token_ids(self.lm, prompts, vectors, layers, max_rows=rows, shortcuts=self.shortcuts)
         return self.sweep_by_forwards(prompts, vectors, layers, method)
+
+    def last_token(
+        self, prompts: Sequence[str], variants: Sequence[RowEdits], *, gold: Sequence[int] | None = None
+    ) -> LastTokenResults:
+        """The cached last-token path (:mod:`taskvec.engine.last_token`): one prefix forward per group of
+        prompts, lower blocks skipped, shortlist argmax (each checked once against full forwards). Not
+        rechecked under mixed precision (it scores and chooses; it does not report)."""
+        self.check_variants(prompts, variants, gold)
+        rows = LAST_TOKEN_ROWS_PER_SLOT * self.batch_size
+        return last_token_variants(self.lm, prompts, variants, gold=gold, max_rows=rows, shortcuts=self.shortcuts)
 
     def _recheck(
         self,

@@ -22,6 +22,7 @@ from taskvec.core.methods.task_vector import group_means, owners
 from taskvec.core.sites import Add, Site
 from taskvec.errors import TaskvecError
 from taskvec.models.head_sites import project_heads
+from taskvec.models.loading import LoadedModel
 from taskvec.prompts import PromptTemplate
 
 
@@ -70,8 +71,14 @@ class FunctionVectorMethod:
         sites = [Site(li, head=j) for li, j in self.heads]
         read = executor.read([p for group in groups for p in group], sites)
         values = torch.stack([read[site] for site in sites], dim=1)  # (N, k, head_dim)
-        means = group_means(values, owners(groups), len(groups))  # (S, k, head_dim)
-        return project_heads(executor.lm, means, self.heads, self.attention_rms).sum(1)
+        return self.from_means(executor.lm, group_means(values, owners(groups), len(groups)))
+
+    def from_means(self, lm: LoadedModel, means: torch.Tensor) -> torch.Tensor:
+        """The function vector (S, H) of the heads' mean outputs ``means`` (S, k, head_dim): each through its
+        head's block of the output projection (and the frozen post-attention norm), summed over heads."""
+        if not self.heads or self.attention_rms is None:
+            raise TaskvecError("a function vector needs at least one (layer, head) and the attention rms to be made")
+        return project_heads(lm, means, self.heads, self.attention_rms).sum(1)
 
     def edits(self, layer: int, vector: torch.Tensor) -> list[Add]:
         return [Add(Site(layer), self.scale * vector)]
