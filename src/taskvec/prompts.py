@@ -54,3 +54,6 @@ class PromptTemplate:
 DEFAULT_TEMPLATE = PromptTemplate()
 #: The reference code's leading-space variant of word tasks: ``example: want-> wanting``.
 SPACED_TEMPLATE = DEFAULT_TEMPLATE.with_prefixes(" ", " ")
+#: The function-vector code's prompt (Todd et al. 2024, its default prefixes and separators with
+#: ``prepend_space``): ``Q: {x}\nA: {y}`` blocks separated by a blank line, the query ending in ``A:``.
+FV_TEMPLATE = PromptTemplate(query="Q:{input}\nA:", separator="\n\n", answer_prefix=" ", input_prefix=" ")

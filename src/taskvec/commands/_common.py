@@ -37,6 +37,33 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt choices beyond the paper's (:class:`taskvec.tasks.protocol.PromptProtocol`)."""
+    parser.add_argument(
+        "--template", default="paper", choices=("paper", "fv"),
+        help="paper: the paper's example:x->y lines, each task's variant chosen by its rule; fv: the "
+             "function-vector code's 'Q: x' / 'A: y' blocks separated by blank lines, a space before every input "
+             "and answer, for every task",
+    )  # fmt: skip
+    parser.add_argument(
+        "--all-pairs", action="store_true",
+        help="keep every pair whose answer tokenizes after its query (as the function-vector code does) and "
+             "score the first generated token by prefix, instead of each task's rule (one-token answers for "
+             "word and algorithmic tasks)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bosless-prefix", default="newline", choices=("newline", "none"),
+        help="for tokenizers that add no BOS token (Qwen): put a newline before every prompt (default: keeps "
+             "the first prompt token from becoming an attention sink) or nothing (as the function-vector code)",
+    )  # fmt: skip
+
+
+def prompt_protocol(args: argparse.Namespace):
+    from taskvec.tasks.protocol import PromptProtocol
+
+    return PromptProtocol(args.template, "all" if args.all_pairs else "protocol", args.bosless_prefix)
+
+
 def add_attribution_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attribution", default="exact", choices=("exact", "gradient"),

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskvec.commands._common import add_dtype_argument, add_model_argument, add_threads_argument, require_positive
+from taskvec.commands._common import (
+    add_attribution_argument,
+    add_dtype_argument,
+    add_model_argument,
+    add_prompt_arguments,
+    add_threads_argument,
+    prompt_protocol,
+    require_positive,
+)
 from taskvec.errors import TaskvecError
 
 NAME = "extract"
@@ -33,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with fv: clean and shuffled-label prompts for the head attribution")  # fmt: skip
     add_dtype_argument(parser)
     add_threads_argument(parser)
+    add_attribution_argument(parser)
+    add_prompt_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
 
 
@@ -59,14 +69,15 @@ def run(args: argparse.Namespace) -> None:
     method = method_name(args.method)
     config = ExtractConfig(shots=args.shots, n_sets=args.n_sets, n_dummy=args.n_dummy, n_dev=args.n_dev,
                            layer=parse_layer(args.layer), seed=args.seed, method=method,
-                           fv_prompts=args.fv_prompts)  # fmt: skip
+                           fv_prompts=args.fv_prompts, attribution=args.attribution,
+                           prompt=prompt_protocol(args))  # fmt: skip
     out = Path(args.output)
     if not out.parent.is_dir():
         raise TaskvecError(f"output directory {str(out.parent)!r} of -o {args.output!r} does not exist")
     task = builtin_task(args.task) if args.task else load_task_file(args.demos)
     check_model_spec(args.model)
     print(f"loading {args.model} ...", file=sys.stderr)
-    lm = load_model(args.model, dtype=args.dtype)
+    lm = config.prompt.applied(load_model(args.model, dtype=args.dtype))
     with tqdm(total=config.n_sets, unit="set", desc="extracting", file=sys.stderr) as bar:
         tv = extract_for_task(lm, task, config, progress=lambda done: bar.update(done - bar.n))
     tv.save(out)

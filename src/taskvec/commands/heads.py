@@ -9,7 +9,9 @@ from taskvec.commands._common import (
     add_attribution_argument,
     add_dtype_argument,
     add_model_argument,
+    add_prompt_arguments,
     add_threads_argument,
+    prompt_protocol,
     require_positive,
     task_progress,
 )
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clean prompts (and as many shuffled-label prompts) per task")  # fmt: skip
     parser.add_argument("--seed", type=int, default=41, help="sampling seed")
     add_attribution_argument(parser)
+    add_prompt_arguments(parser)
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", default=None, help="output directory (default: taskvec-runs/heads-<model>)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("taskvec-runs") / f"heads-{Path(args.model).name}"
     config = HeadsConfig(model=args.model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                          n_prompts=args.n_prompts, seed=args.seed, dtype=args.dtype,
-                         attribution=args.attribution)  # fmt: skip
+                         attribution=args.attribution, prompt=prompt_protocol(args))  # fmt: skip
     if out.is_dir():
         check_run_config(out, config.to_dict())
     with task_progress(f"heads {args.model}") as progress:

@@ -12,7 +12,9 @@ from taskvec.commands._common import (
     add_device_argument,
     add_dtype_argument,
     add_model_argument,
+    add_prompt_arguments,
     add_threads_argument,
+    prompt_protocol,
     require_positive,
     task_progress,
 )
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fv-corrupted", type=int, default=25,
                         help="with fv: shuffled-label prompts per task for the head attribution")  # fmt: skip
     add_attribution_argument(parser)
+    add_prompt_arguments(parser)
     add_dtype_argument(parser)
     add_threads_argument(parser)
     parser.add_argument(
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
     from taskvec.models.devices import check_device
     from taskvec.models.loading import check_model_spec
     from taskvec.report import write_comparison
+    from taskvec.tasks.protocol import protocol_record
     from taskvec.tasks.registry import load_tasks, resolve_task_names
     from taskvec.tasks.validation import PoolSizes, check_pools, task_pools
 
@@ -111,7 +115,8 @@ def run(args: argparse.Namespace) -> None:
         config = MainConfig(model=model, tasks=tasks, task_files=tuple(args.task_file), shots=args.shots,
                             n_dev=args.n_dev, n_test=args.n_test, n_baseline=args.n_baseline, n_dummy=args.n_dummy,
                             seed=args.seed, dtype=args.dtype, batch_size=batch_size,
-                            recheck_margin=recheck_margin, methods=methods, fv=fv, every=every)  # fmt: skip
+                            recheck_margin=recheck_margin, methods=methods, fv=fv, every=every,
+                            protocol=protocol_record(prompt_protocol(args)))  # fmt: skip
         resuming = out.is_dir() and check_run_config(out, config.to_dict())  # refuses another configuration
         plans.append((model, out, config, finished_task_names(out, task_names) if resuming else []))
     run_dirs = []

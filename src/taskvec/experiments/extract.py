@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from taskvec.api.extraction import Demonstrations, extract_task_vector
 from taskvec.api.sweep import layer_sweep
@@ -27,6 +27,7 @@ from taskvec.models.loading import LoadedModel
 from taskvec.runtime import make_executor
 from taskvec.tasks.definitions import Pair, Task
 from taskvec.tasks.preparation import prepare_task
+from taskvec.tasks.protocol import PromptProtocol
 from taskvec.tasks.scoring import is_correct
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class ExtractConfig:
     seed: int = 0
     method: str = "task_vector"  # a name of core.methods.METHOD_CLASSES (or an alias)
     fv_prompts: int = 25  # function vector: clean and shuffled-label prompts for the head attribution
+    attribution: str = "exact"  # function vector: head effects by patched forwards, or "gradient"
+    prompt: PromptProtocol = field(default_factory=PromptProtocol)  # beyond the paper's (model: prompt.applied)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", method_name(self.method))  # a clear error for an unknown one
@@ -59,7 +62,7 @@ def split_pairs(lm: LoadedModel, task: Task, config: ExtractConfig):
     """The prepared task, the seeded generator, the held-out dev pairs and the pool of the rest."""
     if config.layer is not None:
         check_layers(lm, [config.layer])
-    prepared = prepare_task(lm, task)
+    prepared = prepare_task(lm, task, prompt=config.prompt)
     pairs = list(prepared.pairs)
     need = config.minimum_pairs()
     if len(pairs) < need:

@@ -39,7 +39,7 @@ def extract_function_vector(
     clean = sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed)
     corrupted = shuffled(sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed + 1),
                          random.Random(config.seed + 2))  # fmt: skip
-    attribution = head_attribution(executor, clean, corrupted, template)
+    attribution = head_attribution(executor, clean, corrupted, template, attribution=config.attribution)
 
     def score(predictions: Sequence[str]) -> float:
         return sum(is_correct(p, d, task.scoring) for p, d in zip(predictions, dev)) / len(dev)

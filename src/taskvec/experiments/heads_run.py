@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from taskvec.report.heads_report import write_heads_report
 from taskvec.report.methods import top_heads
 from taskvec.runtime import make_executor
 from taskvec.tasks.preparation import prepare_task
+from taskvec.tasks.protocol import PromptProtocol
 from taskvec.tasks.registry import load_tasks
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,16 @@ class HeadsConfig:
     seed: int = 41
     dtype: str = "float32"
     attribution: str = "exact"  # or "gradient" (attribution patching)
+    prompt: PromptProtocol = field(default_factory=PromptProtocol)  # choices beyond the paper's (e.g. the FV code's)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"], d["task_files"], d["command"] = list(self.tasks), list(self.task_files), "heads"
         if self.attribution == "exact":  # recorded only when not the default: earlier runs' configs stay equal
             del d["attribution"]
+        d["prompt"] = {k: v for k, v in d["prompt"].items() if v != getattr(PromptProtocol(), k)}
+        if not d["prompt"]:
+            del d["prompt"]
         return d
 
 
@@ -69,7 +74,7 @@ def run_heads(
     tasks = load_tasks(config.tasks, config.task_files)
     with output_dir_lock(out_dir) as out:
         resuming = open_run_dir(out, config.to_dict())
-        lm = lm or load_model(config.model, dtype=config.dtype)
+        lm = config.prompt.applied(lm or load_model(config.model, dtype=config.dtype))
         executor = make_executor(lm, "fast")
         if not resuming:
             write_run_config(out, config.to_dict())
@@ -88,7 +93,7 @@ def attribute_task(executor: Executor, task, config: HeadsConfig) -> dict:
     """One task's AIE table and how it was measured."""
     started = time.perf_counter()
     lm = executor.lm
-    prepared = prepare_task(lm, task)
+    prepared = prepare_task(lm, task, prompt=config.prompt)
     pairs = [(p.input, p.output) for p in prepared.pairs]
     rng = task_rng(config.seed, task.name)
     shots = min(config.shots, len(pairs) - 1)

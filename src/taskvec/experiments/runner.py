@@ -30,6 +30,7 @@ from taskvec.report.methods import mean_aie, top_heads
 from taskvec.runtime import make_executor
 from taskvec.stats import summarize
 from taskvec.tasks.preparation import PreparedTask, prepare_task
+from taskvec.tasks.protocol import PromptProtocol
 from taskvec.tasks.registry import load_tasks
 from taskvec.tasks.validation import PoolSizes, check_pools, prepared_pools, task_pools
 from taskvec.version import __version__
@@ -80,10 +81,11 @@ def run_main(
     check_pools(task_pools(tasks), sizes)  # every task, before the model loads (the same rule after preparation)
     with output_dir_lock(out_dir, wait=wait) as out, accounting() as work:
         resuming = open_run_dir(out, config.to_dict())
+        prompt = PromptProtocol.from_record(config.protocol)
         with stage("load"):
-            lm = lm or load_model(config.model, dtype=config.dtype, device=device)
+            lm = prompt.applied(lm or load_model(config.model, dtype=config.dtype, device=device))
         with stage("prepare"):
-            prepared = [prepare_task(lm, t) for t in tasks]
+            prepared = [prepare_task(lm, t, prompt=prompt) for t in tasks]
         check_pools(prepared_pools(prepared), sizes)
         if not resuming:
             write_run_config(out, config.to_dict())

@@ -12,13 +12,13 @@ it keeps.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from taskvec.models.loading import LoadedModel
 from taskvec.models.tokens import answer_token_counts
 from taskvec.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from taskvec.tasks.definitions import Pair, Task
-from taskvec.tasks.protocol import ALL_PAIRS_RULE, PLAIN_RULE, WORD_RULE
+from taskvec.tasks.protocol import ALL_PAIRS_RULE, PLAIN_RULE, WORD_RULE, PromptProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,32 @@ def _kept(counts: list[int], multi_token: bool) -> list[int]:
 
 
 def prepare_task(
-    lm: LoadedModel, task: Task, template: PromptTemplate = DEFAULT_TEMPLATE, *, keep_multi_token: bool = False
+    lm: LoadedModel,
+    task: Task,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    *,
+    keep_multi_token: bool = False,
+    prompt: PromptProtocol | None = None,
 ) -> PreparedTask:
     """The task's template variant and kept pairs under the reference's rules (module docstring).
 
     ``keep_multi_token=True`` (for multi-token decoding; not the paper's protocol) picks the variant the
-    same way but keeps every pair whose answer tokenizes cleanly after the query, of any length."""
+    same way but keeps every pair whose answer tokenizes cleanly after the query, of any length.
+    ``prompt``: choices beyond the paper's (:class:`taskvec.tasks.protocol.PromptProtocol`): a fixed template
+    used as it is for every task, and every pair kept and scored on its first token by prefix."""
+    prompt = prompt or PromptProtocol()
+    if prompt.pairs == "all" and task.scoring != "prefix":
+        task = replace(task, scoring="prefix")
     rule = prompt_rule(task)
     pairs = [(p.input, p.output) for p in task.pairs]
+    if prompt.fixed_template is not None:
+        fixed = prompt.fixed_template
+        counts = answer_token_counts(lm, pairs, fixed)
+        keep = _kept(counts, True) if rule == ALL_PAIRS_RULE or keep_multi_token else _kept(counts, False)
+        kept = tuple(task.pairs[i] for i in keep)
+        logger.info("task %s: %s template, %s rule, %d of %d pairs kept", task.name, prompt.template, rule,
+                    len(kept), len(task.pairs))  # fmt: skip
+        return PreparedTask(task=task, template=fixed, pairs=kept, answer_tokens=tuple(counts[i] for i in keep))
     plain = template.with_prefixes("", "")
     plain_counts = answer_token_counts(lm, pairs, plain)
     chosen, counts = plain, plain_counts
