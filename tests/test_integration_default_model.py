@@ -17,7 +17,7 @@ import taskvec
 from taskvec.cli import main
 from taskvec.engine.batching import collate, encode
 from taskvec.engine.forward import last_position_states, next_token_logits
-from taskvec.engine.prompts import PromptTemplate
+from taskvec.prompts import PromptTemplate
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_default_model_structure(gemma):
 
 def test_protocol_2_prompts_and_pairs_on_the_real_tokenizer(gemma):
     """The reference's rules on gemma's tokenizer: word tasks spaced on both sides, knowledge tasks whole."""
-    from taskvec.engine.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE
+    from taskvec.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE
     from taskvec.tasks import builtin_task, prepare_task
 
     gerund = prepare_task(gemma, builtin_task("present_gerund"))

@@ -11,7 +11,7 @@ from taskvec.api.extraction import mean_states
 from taskvec.cli import main
 from taskvec.core.decoding import decode_predictions
 from taskvec.engine.forward import predict_token_ids
-from taskvec.engine.prompts import PromptTemplate
+from taskvec.prompts import PromptTemplate
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import taskvec
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.models.dispatch import dispatch_split, interleaved_map
+from taskvec.prompts import PromptTemplate
 
 pytestmark = pytest.mark.integration
 

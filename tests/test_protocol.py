@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from taskvec.cli import main
-from taskvec.engine.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE
 from taskvec.errors import OutputDirectoryError, TaskDataError
 from taskvec.experiments import MainConfig, run_main
+from taskvec.prompts import DEFAULT_TEMPLATE, SPACED_TEMPLATE
 from taskvec.tasks import Pair, builtin_task, is_correct, load_task_file, prepare_task
 from taskvec.tasks.definitions import Task
 from taskvec.tasks.protocol import PROTOCOL_VERSION

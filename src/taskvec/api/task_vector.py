@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from taskvec.api.compat import check_compatible
 from taskvec.api.patching import apply_generate, vector_edits, vector_method
@@ -40,7 +39,7 @@ from taskvec.core.interfaces import Method
 from taskvec.core.methods import METHOD_CLASSES, TaskVectorMethod
 from taskvec.engine.steering import steering
 from taskvec.errors import TaskvecError, TaskVectorFileError
-from taskvec.io.vector_files import write_tensors
+from taskvec.io.vector_files import read_tensors, tensor_names, write_tensors
 
 _KEY = "taskvec"
 FORMAT_VERSION = 4
@@ -217,10 +216,9 @@ class TaskVector:
             raise TaskVectorFileError(f"task vector file {str(path)!r} does not exist")
         name = repr(str(path))
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                raw = (fh.metadata() or {}).get(_KEY)
-                keys = list(fh.keys())
-                vectors = fh.get_tensor("vectors") if "vectors" in keys else None
+            tensors, header = read_tensors(path, ["vectors"])
+            raw, vectors = header.get(_KEY), tensors.get("vectors")
+            keys = ["vectors"] if vectors is not None else tensor_names(path)
         except Exception as exc:  # safetensors raises its own error types for bad files
             raise TaskVectorFileError(
                 f"{name} is not a taskvec safetensors file (or it is truncated): {_first_line(exc)}"

@@ -89,10 +89,8 @@ def run_heads(
     return results
 
 
-def attribute_task(executor: Executor, task, config: HeadsConfig) -> dict:
-    """One task's AIE table and how it was measured."""
-    started = time.perf_counter()
-    lm = executor.lm
+def task_examples(lm: LoadedModel, task, config: HeadsConfig):
+    """The task prepared, and its clean and shuffled-label examples (seeded from the seed and the task's name)."""
     prepared = prepare_task(lm, task, prompt=config.prompt)
     pairs = [(p.input, p.output) for p in prepared.pairs]
     rng = task_rng(config.seed, task.name)
@@ -100,6 +98,13 @@ def attribute_task(executor: Executor, task, config: HeadsConfig) -> dict:
     clean = sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31))
     corrupted = shuffled(sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31)),
                          random.Random(rng.randrange(2**31)))  # fmt: skip
+    return prepared, clean, corrupted
+
+
+def attribute_task(executor: Executor, task, config: HeadsConfig) -> dict:
+    """One task's AIE table and how it was measured."""
+    started = time.perf_counter()
+    prepared, clean, corrupted = task_examples(executor.lm, task, config)
     attribution = head_attribution(executor, clean, corrupted, prepared.template, attribution=config.attribution)
     table = np.array([[math.nan if v is None else v for v in row] for row in attribution.to_dict()["aie"]])
     return {

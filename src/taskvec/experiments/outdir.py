@@ -1,6 +1,6 @@
 """The output directory of a run: its configuration check, per-task partial results and crash leftovers.
 
-Every file is written atomically (``report.results_io``), so a killed run leaves finished files and, at
+Every file is written atomically (``io.atomic``), so a killed run leaves finished files and, at
 worst, temporary ``.*.tmp`` files, which the next run (holding the directory's lock) removes.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from taskvec.errors import OutputDirectoryError
 from taskvec.experiments.locking import LOCK_FILE
-from taskvec.report.results_io import write_json_atomic
+from taskvec.io.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

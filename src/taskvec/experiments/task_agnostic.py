@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
@@ -24,7 +23,7 @@ from taskvec.experiments.every_position import configured, row_edits_of
 from taskvec.experiments.main_experiment import MainConfig, example_rows, task_splits
 from taskvec.experiments.method_comparison import method_entry
 from taskvec.experiments.outdir import task_result_path
-from taskvec.io.vector_files import write_tensors
+from taskvec.io.vector_files import read_tensors, write_tensors
 from taskvec.tasks.preparation import PreparedTask
 from taskvec.tasks.sampling import EvalSet
 from taskvec.tasks.scoring import is_correct
@@ -44,8 +43,7 @@ def save_task_vectors(path: Path, tensors: dict[str, torch.Tensor], task: str) -
 
 def load_task_vectors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+        return read_tensors(path)[0]
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise TaskvecError(f"{str(path)!r} is not a taskvec task-vectors file: {exc}") from exc
 

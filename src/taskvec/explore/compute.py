@@ -25,12 +25,12 @@ from taskvec.engine.batching import Batch, chunks, collate, encode
 from taskvec.engine.forward import next_token_logits, predict_token_ids
 from taskvec.engine.interventions import intervene
 from taskvec.engine.projection import projected_top_tokens
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.engine.shared_prefix import last_token_rows
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 from taskvec.models.tokens import answer_token_counts
+from taskvec.prompts import PromptTemplate
 
 GRID_ROWS = 64  # (layer, query) rows per last-token forward of the heatmap
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from taskvec.errors import OutputDirectoryError, TaskvecError
 from taskvec.experiments.outdir import check_run_config, probe_writable
 from taskvec.grid.config import GridJob, GridSpec
-from taskvec.report.results_io import write_json_atomic
+from taskvec.io.atomic import write_json_atomic
 from taskvec.threads import configure_threads
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 
 from taskvec.errors import TaskvecError
 from taskvec.grid.execute import JOBS_FILE
+from taskvec.io.atomic import write_text_atomic
 from taskvec.report.compare import load_results
 from taskvec.report.render import fmt, html_figures, html_page
-from taskvec.report.results_io import write_text_atomic
 
 METHODS = ("baseline", "hypothesis", "regular")
 CSV_COLUMNS = ("model", "seed", "shots", "task", "category", "baseline", "hypothesis", "regular", "best_layer",

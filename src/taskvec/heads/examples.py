@@ -6,9 +6,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from taskvec.engine.prompts import PromptTemplate
 from taskvec.errors import TaskvecError
 from taskvec.models.loading import LoadedModel
+from taskvec.prompts import PromptTemplate
 
 #: Tries at a permutation that leaves no demonstration with its own label before settling for any change.
 MAX_DERANGEMENT_TRIES = 100

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from taskvec.errors import TaskvecError
+from taskvec.io.atomic import write_text_atomic as atomic_write
 from taskvec.report.plots import layer_curves_overlay, num_layers
 from taskvec.report.render import fmt, html_figures, html_page, model_id
-from taskvec.report.results_io import write_text_atomic as atomic_write
 from taskvec.stats import summarize
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from taskvec.io.atomic import write_text_atomic
 from taskvec.report.methods import heatmap_png
 from taskvec.report.render import _html_table, _md_table, html_figures, html_page
-from taskvec.report.results_io import write_text_atomic
 
 
 def _table(rows: list[list[float | None]]) -> np.ndarray:

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from taskvec.io.atomic import write_text_atomic
 from taskvec.report.render import _html_table, _md_table, html_page
-from taskvec.report.results_io import write_text_atomic
 
 
 def _mean(values: list[float]) -> float | None:

@@ -11,10 +11,10 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from taskvec.io.atomic import write_text_atomic as atomic_write
 from taskvec.report import methods as method_report
 from taskvec.report import plots as plotting
 from taskvec.report.plots import accuracy, num, ordered_tasks
-from taskvec.report.results_io import write_text_atomic as atomic_write
 from taskvec.stats import summarize
 
 logger = logging.getLogger(__name__)
