@@ -24,7 +24,7 @@ from taskvec.experiments.main_experiment import MainConfig, evaluate_task
 from taskvec.experiments.multitoken import MultiTokenConfig, evaluate_multitoken
 from taskvec.experiments.robustness import RobustnessConfig, run_robustness
 from taskvec.heads import head_attribution, sample_icl_examples, select_function_vector, shuffled_examples
-from taskvec.models.adapter import attention_output
+from taskvec.models.head_sites import head_sites
 from taskvec.prompts import DEFAULT_TEMPLATE
 from taskvec.runtime import FastExecutor, PlainExecutor, make_executor
 from taskvec.tasks import builtin_task, prepare_task
@@ -193,7 +193,7 @@ def test_head_sites_are_slices_of_the_attention_output_projection_input(family):
     sites = [Site(0, head=h) for h in range(heads)]
     base = logits_with(lm, reads=[Read(s) for s in sites], store=store)
     captured: list[torch.Tensor] = []
-    handle = attention_output(lm.adapter.layers[0]).register_forward_pre_hook(
+    handle = head_sites(lm)[0].out_proj.register_forward_pre_hook(
         lambda module, args: captured.append(args[0][:, -1].detach())
     )
     try:

@@ -21,7 +21,7 @@ from taskvec.engine.forward import next_token_logits
 from taskvec.engine.gradients import HeadGradients, gradient_aie, head_gradients
 from taskvec.engine.interventions import intervene
 from taskvec.errors import TaskvecError
-from taskvec.models.adapter import ArchitectureAdapter, attention_output
+from taskvec.models.adapter import ArchitectureAdapter
 from taskvec.models.head_sites import head_sites
 from taskvec.models.loading import LoadedModel
 
@@ -88,10 +88,15 @@ def all_heads(lm: LoadedModel) -> list[tuple[int, int]]:
 
 # ------------------------------------------------------------------------------------- finite differences
 def test_head_sites_are_the_intervention_sites(lm):
-    """The gradient's sites and intervene's head sites are the same modules (the test below relies on it)."""
+    """The gradient's sites and intervene's head sites are the same modules (one head locator; the test below
+    relies on it): a head edit hooks exactly the projection head_sites names."""
     sites = head_sites(lm)
-    assert [site.out_proj for site in sites] == [attention_output(block) for block in lm.adapter.layers]
     assert sites[0].n_heads == lm.adapter.num_heads
+    for site in sites:
+        before = len(site.out_proj._forward_pre_hooks)
+        with intervene(lm.adapter, [[Replace(Site(site.layer, head=1), torch.zeros(site.head_dim))]]):
+            assert len(site.out_proj._forward_pre_hooks) == before + 1
+        assert len(site.out_proj._forward_pre_hooks) == before
 
 
 def test_forward_differences_match_the_linear_estimate(lm):

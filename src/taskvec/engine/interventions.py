@@ -22,7 +22,8 @@ from torch import nn
 
 from taskvec.core.sites import ALL, GENERATED, PROMPT, Add, Read, Replace, RowEdits, Site, Steer, row_edits
 from taskvec.engine.hooks import hidden_of, registered, with_hidden
-from taskvec.models.adapter import ArchitectureAdapter, attention_heads, attention_output
+from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.head_sites import HeadSite, adapter_head_sites
 
 #: Norms below this are treated as this (a pad column's state may be tiny; never divide by zero).
 _EPS = 1e-6
@@ -116,14 +117,18 @@ def _write(target: torch.Tensor, kind: type, group: _Group, cols: int | slice) -
     return out
 
 
-def _head_slice(adapter: ArchitectureAdapter | None, width: int, head: int) -> slice:
+def _head_site(adapter: ArchitectureAdapter | None, layer: int, head: int) -> HeadSite:
+    """Where head ``head`` of block ``layer`` is (:mod:`taskvec.models.head_sites`, the one head locator)."""
     if adapter is None:
         raise TypeError("a head site needs the model's adapter (pass lm.adapter to intervene)")
-    n_heads = attention_heads(adapter)
-    size = width // n_heads
-    if not 0 <= head < n_heads:
-        raise ValueError(f"head {head} is out of range: this model has heads 0..{n_heads - 1}")
-    return slice(head * size, (head + 1) * size)
+    site = adapter_head_sites(adapter)[layer]
+    if not 0 <= head < site.n_heads:
+        raise ValueError(f"head {head} is out of range: this model has heads 0..{site.n_heads - 1}")
+    return site
+
+
+def _head_slice(site: HeadSite, head: int) -> slice:
+    return slice(head * site.head_dim, (head + 1) * site.head_dim)
 
 
 def _edit_hook(
@@ -140,17 +145,19 @@ def _edit_hook(
 
         return block.register_forward_hook(on_block)
 
+    heads = _head_site(adapter, site.layer, site.head)
+    part = _head_slice(heads, site.head)
+
     def on_heads(module, args):
         x = args[0]
         cols = columns(site.position, x.shape[1], span)
         if cols is None:
             return None
-        part = _head_slice(adapter, x.shape[-1], site.head)
         out = x.clone()
         out[..., part] = _write(x[..., part], kind, group, cols)
         return (out, *args[1:])
 
-    return attention_output(block).register_forward_pre_hook(on_heads)
+    return heads.out_proj.register_forward_pre_hook(on_heads)
 
 
 def _read_hook(
@@ -170,13 +177,16 @@ def _read_hook(
 
         return block.register_forward_hook(on_block)
 
+    heads = _head_site(adapter, site.layer, site.head)
+    part = _head_slice(heads, site.head)
+
     def on_heads(module, args):
         x = args[0]
         col = columns(site.position, x.shape[1], span)
         if col is not None:
-            store[site] = x[:, col, _head_slice(adapter, x.shape[-1], site.head)].detach()
+            store[site] = x[:, col, part].detach()
 
-    return attention_output(block).register_forward_pre_hook(on_heads)
+    return heads.out_proj.register_forward_pre_hook(on_heads)
 
 
 @contextmanager
@@ -197,6 +207,9 @@ def intervene(
     blocks = model.layers if isinstance(model, ArchitectureAdapter) else model
     if reads and store is None:
         raise ValueError("reads need a store to record into")
+    heads = [e.site for entry in (*edits, *every_row) for e in row_edits(entry) if e.site.head is not None]
+    if adapter is not None and (heads or any(r.site.head is not None for r in reads)):
+        adapter_head_sites(adapter)  # found (once per adapter) before any hook of this block is registered
     handles: list = []
     with registered(handles):  # removes whatever was registered, also if a later registration fails
         for (kind, site, _), group in _group(edits, every_row).items():

@@ -9,7 +9,7 @@ hidden state (GPT-J); the hooks in :mod:`taskvec.engine.hooks` handle both.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -34,6 +34,9 @@ class ArchitectureAdapter:
     cache_kwarg: str = "past_key_values"
     #: Attention heads per block (None when the configuration does not say).
     num_heads: int | None = None
+    #: Each block's attention head site (``taskvec.models.head_sites.adapter_head_sites`` finds them once and
+    #: keeps them here; not compared, not copied by ``dataclasses.replace``).
+    head_site_cache: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -137,21 +140,3 @@ def prompt_prefix_ids(tokenizer) -> list[int]:
     if bos is not None and with_special[:1] == [bos] and without[:1] != [bos]:
         return []
     return list(tokenizer(FALLBACK_PREFIX, add_special_tokens=False)["input_ids"])
-
-
-def attention_output(block: nn.Module) -> nn.Module:
-    """The attention output projection of a decoder block: in the block's attention module (the child
-    whose class name says attention), the last registered child with a 2-D weight (``o_proj``, ``c_proj``,
-    ``dense``, ``out_proj``). Its input is the heads' outputs side by side, in head order."""
-    for child in block.children():
-        if "attention" in type(child).__name__.lower():
-            projections = [m for m in child.children() if getattr(getattr(m, "weight", None), "ndim", 0) == 2]
-            if projections:
-                return projections[-1]
-    raise TypeError(f"cannot find the attention output projection of {type(block).__name__}")
-
-
-def attention_heads(adapter: ArchitectureAdapter) -> int:
-    if adapter.num_heads is None:
-        raise TypeError("this model's configuration does not give its number of attention heads")
-    return adapter.num_heads

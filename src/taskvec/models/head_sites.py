@@ -15,12 +15,14 @@ For every block of ``lm.adapter.layers``:
   output before the residual add, so it is found; llama/qwen2 apply their ``post_attention_layernorm``
   to the residual *after* the add (the pre-MLP norm), so its input differs and it is not.
 
-No model names are checked. The probe is run once per model and remembered.
+No model names are checked. This is the one place heads are located: the interventions' head sites
+(:mod:`taskvec.engine.interventions`) and the projection of head outputs (:func:`project_heads`) both use it. The
+probe runs the first time a model's adapter is asked, and its result is kept by that adapter
+(:func:`adapter_head_sites`), not on the model.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from taskvec.errors import TaskvecError
+from taskvec.models.adapter import ArchitectureAdapter
+from taskvec.models.devices import execution_device
 from taskvec.models.loading import LoadedModel
 from taskvec.models.precision import MixedLinear
 
@@ -76,24 +80,34 @@ class HeadSite:
         return None if bias is None else bias.detach().float()
 
 
-_SITES: weakref.WeakKeyDictionary[nn.Module, list[HeadSite]] = weakref.WeakKeyDictionary()
-
-
 def head_sites(lm: LoadedModel) -> list[HeadSite]:
-    """The :class:`HeadSite` of every decoder block, in layer order (found once per model)."""
-    if lm.model not in _SITES:
-        _SITES[lm.model] = _find_sites(lm)
-    return _SITES[lm.model]
+    """The :class:`HeadSite` of every decoder block, in layer order (found once per adapter)."""
+    return adapter_head_sites(lm.adapter)
 
 
-def num_heads_config(lm: LoadedModel) -> int:
-    config = lm.model.config
+def adapter_head_sites(adapter: ArchitectureAdapter) -> list[HeadSite]:
+    """The head sites of the model ``adapter`` handles, found by the probe the first time and kept by the adapter
+    (made again if the blocks' modules were replaced since, e.g. by mixed precision)."""
+    kept = adapter.head_site_cache
+    if kept is None or any(_projection_gone(site) for site in kept):
+        kept = _find_sites(adapter)
+        adapter.head_site_cache = kept
+    return kept
+
+
+def _projection_gone(site: HeadSite) -> bool:
+    return not any(m is site.out_proj for m in site.attention.modules())
+
+
+def num_heads_config(adapter: ArchitectureAdapter) -> int:
+    config = adapter.base_model.config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key in ("num_attention_heads", "n_head"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise HeadSiteError(f"{type(lm.model).__name__}'s config has no num_attention_heads/n_head; expected a head count")
+    raise HeadSiteError(f"{type(adapter.base_model).__name__}'s config has no num_attention_heads/n_head; expected a "
+                        "head count")
 
 
 def _attention_module(block: nn.Module, layer: int) -> nn.Module:
@@ -116,9 +130,9 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or "norm" in type(module).__name__.lower()
 
 
-def _find_sites(lm: LoadedModel) -> list[HeadSite]:
-    n_heads = num_heads_config(lm)
-    blocks = list(lm.adapter.layers)
+def _find_sites(adapter: ArchitectureAdapter) -> list[HeadSite]:
+    n_heads = num_heads_config(adapter)
+    blocks = list(adapter.layers)
     attentions = [_attention_module(block, i) for i, block in enumerate(blocks)]
     last_called: dict[int, nn.Module] = {}
     proj_out: dict[int, torch.Tensor] = {}
@@ -146,11 +160,16 @@ def _find_sites(lm: LoadedModel) -> list[HeadSite]:
         for module in block.modules():
             if _is_norm(module) and module is not block:
                 handles.append(module.register_forward_pre_hook(on_norm(i, module)))
-    filler = lm.tokenizer.eos_token_id or 0
-    ids = [*lm.adapter.prefix_ids, filler, filler][-2:]
+    embeddings = adapter.base_model.get_input_embeddings()
+    # a token whose embedding is not zero (a padding row is): a zero residual would make a norm after the residual
+    # add (llama's pre-MLP norm) see exactly the attention output and pass for a post-attention norm
+    weight = embeddings.weight.detach()
+    filler = 1 if weight.device.type == "meta" else int(weight[:1024].float().norm(dim=-1).argmax())  # meta: offloaded
+    ids = [*adapter.prefix_ids, filler, filler][-2:]
+    device = execution_device(embeddings)
     try:
         with torch.no_grad():
-            lm.adapter.base_model(input_ids=torch.tensor([ids], device=lm.input_device), use_cache=False)
+            adapter.base_model(input_ids=torch.tensor([ids], device=device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
