@@ -40,6 +40,7 @@ from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.vocab_argmax import argmax_and_margin
 from taskvec.errors import TaskvecError
 from taskvec.models.adapter import returned_cache
+from taskvec.models.head_sites import adapter_head_sites
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def last_token_variants(
     if not last_token_only(variants):
         raise TaskvecError("every edit of a last-token variant must sit at the last prompt token (position -1)")
     shortcuts = shortcuts if shortcuts is not None else Shortcuts()
+    if any(e.site.head is not None for v in variants for e in row_edits(v)):
+        adapter_head_sites(lm.adapter)  # found before any hook is in place (the skipped forwards nest two blocks)
     rows = encode(lm, prompts)
     if min(len(r) for r in rows) < 2:
         raise TaskvecError("every prompt needs at least two tokens for the cached last-token forward")
