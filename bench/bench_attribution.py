@@ -27,15 +27,13 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 
-def top(table: np.ndarray, k: int) -> list[tuple[int, int]]:
-    flat = np.argsort(-table, axis=None, kind="stable")[:k]
-    return [tuple(int(i) for i in np.unravel_index(f, table.shape)) for f in flat]
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    from taskvec.heads.attribution import top_heads
+
     x, y = a.ravel(), b.ravel()
+    ta, tb = top_heads(torch.from_numpy(a), 10), top_heads(torch.from_numpy(b), 10)
     return {"spearman": float(spearmanr(x, y).statistic), "pearson": float(pearsonr(x, y).statistic),
-            "top10_overlap": len(set(top(a, 10)) & set(top(b, 10))), "top1_same": top(a, 1) == top(b, 1)}
+            "top10_overlap": len(set(ta) & set(tb)), "top1_same": ta[0] == tb[0]}
 
 
 def attribution_tables(lm, executor, task, seeds, n_prompts) -> dict:

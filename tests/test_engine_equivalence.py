@@ -28,6 +28,7 @@ from taskvec.engine.batching import collate, encode
 from taskvec.engine.forward import last_position_states, next_token_logits, predict_token_ids
 from taskvec.engine.hooks import StopForward, capture_last_position, skip_blocks
 from taskvec.engine.interventions import intervene
+from taskvec.engine.shared_prefix import all_but_last_cache
 from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.sweep import sweep_token_ids
 from taskvec.engine.vocab_argmax import argmax_over_vocab
@@ -258,7 +259,7 @@ def test_cached_sweep_equals_full_forward_at_every_layer(lm_any_attn, fast):
     layers = list(range(lm.num_layers))
     batch = collate(lm, encode(lm, PROMPTS))
     with torch.no_grad():  # as in sweep_token_ids
-        cache, arity = sweep_module._prefix_cache(lm, batch)
+        cache, arity = all_but_last_cache(lm, batch)
         ids = sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast)  # (N, L), one forward
         for layer in layers:
             full = full_forward_patched_logits(lm, PROMPTS, vectors[:, layer], [layer] * len(PROMPTS))
@@ -281,7 +282,7 @@ def test_slow_path_logits_equal_full_forward(lm, monkeypatch):
     layers = list(range(lm.num_layers))
     batch = collate(lm, encode(lm, PROMPTS))
     with torch.no_grad():
-        cache, arity = sweep_module._prefix_cache(lm, batch)
+        cache, arity = all_but_last_cache(lm, batch)
         sweep_module._last_token_ids(lm, batch, cache, vectors, layers, arity, fast=False)
     cached = recorded[0].view(len(PROMPTS), len(layers), -1)  # rows are prompt-major
     for layer in layers:

@@ -207,8 +207,8 @@ def intervene(
     blocks = model.layers if isinstance(model, ArchitectureAdapter) else model
     if reads and store is None:
         raise ValueError("reads need a store to record into")
-    heads = [e.site for entry in (*edits, *every_row) for e in row_edits(entry) if e.site.head is not None]
-    if adapter is not None and (heads or any(r.site.head is not None for r in reads)):
+    sites = [e.site for entry in (*edits, *every_row) for e in row_edits(entry)] + [r.site for r in reads]
+    if adapter is not None and any(site.head is not None for site in sites):
         adapter_head_sites(adapter)  # found (once per adapter) before any hook of this block is registered
     handles: list = []
     with registered(handles):  # removes whatever was registered, also if a later registration fails

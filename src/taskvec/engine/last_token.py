@@ -35,11 +35,10 @@ from taskvec.engine.forward import next_token_logits
 from taskvec.engine.hooks import capture_last_position, skip_blocks
 from taskvec.engine.interventions import intervene
 from taskvec.engine.numerics import check_finite
-from taskvec.engine.shared_prefix import fork_cache, last_token_rows
+from taskvec.engine.shared_prefix import all_but_last_cache, fork_cache, last_token_rows
 from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.vocab_argmax import argmax_and_margin
 from taskvec.errors import TaskvecError
-from taskvec.models.adapter import returned_cache
 from taskvec.models.head_sites import adapter_head_sites
 from taskvec.models.loading import LoadedModel
 
@@ -96,7 +95,7 @@ def last_token_variants(
     group_size = max(1, min(len(rows), max_rows // 2))
     for group in chunks(len(rows), group_size):
         batch = collate(lm, rows[group])
-        cache, arity = _prefix_cache(lm, batch)
+        cache, arity = all_but_last_cache(lm, batch)
         own_gold = None if gold_ids is None else gold_ids[group]
         base_ids, base_lp, states = _unedited(lm, batch, cache, own_gold)
         for v in unedited:
@@ -115,27 +114,6 @@ def last_token_variants(
             if logprobs is not None:
                 logprobs[where] = got_lp.T
     return LastTokenResults(ids, logprobs)
-
-
-def _prefix_cache(lm: LoadedModel, batch: Batch):
-    """Keys and values of every row's tokens but the last, and how a block returns its output (None: a tensor;
-    n: a tuple of n items, hidden state first)."""
-    arity: list[int | None] = []
-    handle = lm.adapter.layers[0].register_forward_hook(
-        lambda m, a, o: arity.append(len(o) if isinstance(o, tuple) else None)
-    )
-    try:
-        out = lm.adapter.base_model(
-            input_ids=batch.input_ids[:, :-1],
-            attention_mask=batch.attention_mask[:, :-1],
-            position_ids=batch.position_ids[:, :-1],
-            use_cache=True,
-        )
-    finally:
-        handle.remove()
-    record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
-           blocks=lm.num_layers)  # fmt: skip
-    return returned_cache(out), arity[0]
 
 
 def _unedited(lm: LoadedModel, batch: Batch, cache, gold: torch.Tensor | None):

@@ -25,6 +25,7 @@ from taskvec.engine.hooks import StopForward, capture_last_position
 from taskvec.engine.numerics import check_finite
 from taskvec.engine.vocab_argmax import top_two_gap
 from taskvec.errors import TaskvecError
+from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 
@@ -123,6 +124,29 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     own = copy.copy(cache)
     own.layers = [copy.copy(layer) for layer in cache.layers]
     return own
+
+
+def all_but_last_cache(lm: LoadedModel, batch: Batch) -> tuple[DynamicCache, int | None]:
+    """Keys and values of every row's tokens but the last (what a last-token forward continues from), and how a
+    block returns its output (None: a tensor; n: a tuple of n items, hidden state first)."""
+    arity: list[int | None] = []
+
+    def note_arity(module, args, output):
+        arity.append(len(output) if isinstance(output, tuple) else None)
+
+    handle = lm.adapter.layers[0].register_forward_hook(note_arity)
+    try:
+        out = lm.adapter.base_model(
+            input_ids=batch.input_ids[:, :-1],
+            attention_mask=batch.attention_mask[:, :-1],
+            position_ids=batch.position_ids[:, :-1],
+            use_cache=True,
+        )
+    finally:
+        handle.remove()
+    record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
+           blocks=lm.num_layers)  # fmt: skip
+    return returned_cache(out), arity[0]
 
 
 def last_token_rows(batch: Batch, prefix_cache: DynamicCache, k: int) -> tuple[Batch, DynamicCache]:

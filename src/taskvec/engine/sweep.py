@@ -20,11 +20,10 @@ from taskvec.engine.forward import check_layers, next_token_logits
 from taskvec.engine.hooks import skip_blocks
 from taskvec.engine.interventions import intervene
 from taskvec.engine.numerics import check_finite
-from taskvec.engine.shared_prefix import last_token_rows
+from taskvec.engine.shared_prefix import all_but_last_cache, last_token_rows
 from taskvec.engine.shortcuts import Shortcuts
 from taskvec.engine.vocab_argmax import argmax_and_margin
 from taskvec.errors import TaskvecError
-from taskvec.models.adapter import returned_cache
 from taskvec.models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def sweep_token_ids(
     by_depth = sorted(range(len(layers)), key=lambda j: layers[j])
     for group in chunks(len(rows), group_size):
         batch = collate(lm, rows[group])
-        prefix_cache, arity = _prefix_cache(lm, batch)
+        prefix_cache, arity = all_but_last_cache(lm, batch)
         fast = _fast_path_verified(lm, batch, prefix_cache, arity, vectors[group], shortcuts)
         for part in chunks(len(by_depth), per_forward):
             picked = by_depth[part]
@@ -70,29 +69,6 @@ def sweep_token_ids(
             ids = _last_token_ids(lm, batch, prefix_cache, vectors[group], chunk, arity, fast, shortcuts)
             out[picked, group] = ids.T  # ids: (n, k)
     return out
-
-
-def _prefix_cache(lm: LoadedModel, batch: Batch):
-    """Keys and values of all tokens but the last, and how a block returns its output (None: a tensor;
-    n: a tuple of n items, hidden state first)."""
-    arity: list[int | None] = []
-
-    def note_arity(module, args, output):
-        arity.append(len(output) if isinstance(output, tuple) else None)
-
-    handle = lm.adapter.layers[0].register_forward_hook(note_arity)
-    try:
-        out = lm.adapter.base_model(
-            input_ids=batch.input_ids[:, :-1],
-            attention_mask=batch.attention_mask[:, :-1],
-            position_ids=batch.position_ids[:, :-1],
-            use_cache=True,
-        )
-    finally:
-        handle.remove()
-    record(tokens=int(batch.attention_mask[:, :-1].sum()), padded_tokens=batch.attention_mask[:, :-1].numel(),
-           blocks=lm.num_layers)  # fmt: skip
-    return returned_cache(out), arity[0]
 
 
 def _last_token_ids(

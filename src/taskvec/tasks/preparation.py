@@ -84,7 +84,7 @@ def prepare_task(
     if prompt.fixed_template is not None:
         fixed = prompt.fixed_template
         counts = answer_token_counts(lm, pairs, fixed)
-        keep = _kept(counts, True) if rule == ALL_PAIRS_RULE or keep_multi_token else _kept(counts, False)
+        keep = _kept(counts, rule == ALL_PAIRS_RULE or keep_multi_token)
         kept = tuple(task.pairs[i] for i in keep)
         logger.info("task %s: %s template, %s rule, %d of %d pairs kept", task.name, prompt.template, rule,
                     len(kept), len(task.pairs))  # fmt: skip
