@@ -106,3 +106,27 @@ def test_weight_change_rebuilds_the_bf16_copy():
     second = exact_argmax_with_shortlist(unembedding, hidden, 64)[1]
     assert torch.equal(second, plain_scan(unembedding.weight, hidden, 64))
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_slice_bound_covers_every_logit(seed):
+    """No float32 logit of a slice exceeds its bf16 maximum plus the bound, even for hidden states with
+    outlier coordinates (like a final norm's output) and rows of very different norms."""
+    from taskvec.engine.vocab_argmax import _U, ShortlistCache, slice_bound
+
+    generator = torch.Generator().manual_seed(seed)
+    unembedding = nn.Linear(128, 2048, bias=False)
+    unembedding.weight.data = torch.randn(2048, 128, generator=generator) * torch.rand(2048, 1, generator=generator)
+    hidden = torch.randn(64, 128, generator=generator) * 10
+    hidden[:, :4] *= 50  # a few large coordinates
+    w16, norms = ShortlistCache().weights(unembedding, 256)
+    h16 = hidden.bfloat16()
+    approx = F.linear(h16, w16).float().view(64, 8, 256)
+    exact = F.linear(hidden, unembedding.weight.detach()).view(64, 8, 256)
+    approx_max = approx.amax(-1)
+    upper = approx_max + slice_bound(hidden, h16, norms) + approx_max.abs() * (_U / (1 - _U))
+    assert bool((exact.amax(-1) <= upper).all())
+    lower = approx.amin(-1) - slice_bound(hidden, h16, norms) - approx.amin(-1).abs() * (_U / (1 - _U))
+    assert bool((exact.amin(-1) >= lower).all())
+    # and it is tight: within a few times the largest actual error
+    assert float(slice_bound(hidden, h16, norms).max()) < 20 * float((exact - approx).abs().max())
