@@ -234,3 +234,25 @@ def test_read_and_logprobs_for_the_next_methods(family):
         assert bool((logprobs >= others).all())  # the predicted token is the most probable one
     edited = plain.read(PROMPTS, [Site(2)], [Replace(Site(1), torch.zeros(found[block].shape[1]))] * len(PROMPTS))
     assert not torch.allclose(edited[Site(2)], plain.read(PROMPTS, [Site(2)])[Site(2)])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_prompt_last_token_variants(family):
+    """A PerPrompt variant (each prompt its own edits, e.g. each test set's task vector) on the cached last-token
+    path gives what ``predict`` gives with those edits, under both executors; mixed with shared variants."""
+    from taskvec.core.sites import PerPrompt
+
+    lm = make_tiny_model(family)
+    hidden = lm.model.config.get_text_config().hidden_size
+    g = torch.Generator().manual_seed(4)
+    own = [[Replace(Site(1), 5 * torch.randn(hidden, generator=g))] for _ in PROMPTS]
+    own[1] = [Add(Site(lm.num_layers - 1), 5 * torch.randn(hidden, generator=g))]
+    shared = [Add(Site(0), 5 * torch.randn(hidden, generator=g))]
+    variants = [None, PerPrompt(tuple(own)), shared]
+    for executor in both(lm, batch_size=1):
+        ids = executor.last_token(PROMPTS, variants).ids
+        assert torch.equal(ids[0], executor.predict(PROMPTS).ids)
+        assert torch.equal(ids[1], executor.predict(PROMPTS, own).ids)
+        assert torch.equal(ids[2], executor.predict(PROMPTS, [shared] * len(PROMPTS)).ids)
+    with pytest.raises(TaskvecError, match="2 rows of edits for 3 prompts"):
+        both(lm)[1].last_token(PROMPTS, [PerPrompt(tuple(own[:2]))])

@@ -115,3 +115,24 @@ def test_cli_refuses_a_bad_recheck_margin(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "recheck margin 3.0" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_last_token_variants_rechecked_like_predict():
+    """Under mixed precision the fast executor's last-token variants recompute close calls in float32, as its
+    predict does: with the widest margin both give the float32 model's answers (bf16 products alone change
+    some of them on this model)."""
+    from taskvec.core.sites import Add, PerPrompt, Site
+
+    plain, mixed = mixed_copy("llama")
+    prompts = [f"example:{w}->" for w in "a bb ccc dog eel fig goat hat ink jar kite lamp moon nest owl pig".split()]
+    hidden = plain.model.config.get_text_config().hidden_size
+    g = torch.Generator().manual_seed(2)
+    own = PerPrompt(tuple([Add(Site(1), torch.randn(hidden, generator=g))] for _ in prompts))
+    variants = [None, own, [Add(Site(0), torch.randn(hidden, generator=g))]]
+    expected = FastExecutor(plain).last_token(prompts, variants).ids
+    assert not torch.equal(FastExecutor(mixed, recheck_margin=None).last_token(prompts, variants).ids, expected)
+    got = FastExecutor(mixed, recheck_margin=0.5).last_token(prompts, variants).ids
+    assert torch.equal(got, expected)
+    for v, variant in enumerate(variants):
+        edits = None if variant is None else (list(own.rows) if v == 1 else [variant] * len(prompts))
+        assert torch.equal(FastExecutor(mixed, recheck_margin=0.5).predict(prompts, edits).ids, got[v])

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
-from taskvec.core.sites import Edit, RowEdits, Site
+from taskvec.core.sites import Edit, RowEdits, Site, Variant
 from taskvec.models.loading import LoadedModel
 from taskvec.prompts import PromptTemplate
 
@@ -115,10 +115,11 @@ class Executor(Protocol):
         """Log-probability (N,) of ``token_ids[i]`` as prompt i's next token, ``edits[i]`` applied."""
         ...
 
-    def last_token(self, prompts: Sequence[str], variants: Sequence[RowEdits], *, gold: Sequence[int] | None = None):
+    def last_token(self, prompts: Sequence[str], variants: Sequence[Variant], *, gold: Sequence[int] | None = None):
         """Many variants of edits at the last token of every prompt: next token (V, N) of prompt n under variant
-        v, and with ``gold`` log p(gold[n]) (V, N) (a ``LastTokenResults``). An executor may run each prompt's
-        tokens but the last once for all variants."""
+        v, and with ``gold`` log p(gold[n]) (V, N) (a ``LastTokenResults``). A variant is the same edits for
+        every prompt, or a :class:`~taskvec.core.sites.PerPrompt` with one entry per prompt. An executor may run
+        each prompt's tokens but the last once for all variants."""
         ...
 
     def generate(

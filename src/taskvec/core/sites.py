@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from taskvec.errors import TaskvecError
+
 #: Every prompt token, every generated token, and both.
 PROMPT, GENERATED, ALL = "prompt", "generated", "all"
 NAMED_POSITIONS = (PROMPT, GENERATED, ALL)
@@ -126,6 +128,35 @@ def row_edits(entry: RowEdits) -> tuple[Edit, ...]:
         if not isinstance(edit, EDIT_KINDS):
             raise TypeError(f"expected Replace, Add or Steer edits for a row, got {edit!r}")
     return edits
+
+
+@dataclass(frozen=True, eq=False)
+class PerPrompt:
+    """A last-token variant whose edits differ from prompt to prompt: ``rows[n]`` for prompt n (e.g. each test
+    set's own task vector), where a plain ``RowEdits`` variant applies the same edits to every prompt."""
+
+    rows: tuple[RowEdits, ...]
+
+
+#: One variant of :meth:`Executor.last_token`: the same edits for every prompt, or one entry per prompt.
+Variant = RowEdits | PerPrompt
+
+
+def variant_rows(variant: Variant, n_prompts: int) -> list[RowEdits]:
+    """A variant's edits for each of ``n_prompts`` prompts."""
+    if isinstance(variant, PerPrompt):
+        if len(variant.rows) != n_prompts:
+            raise TaskvecError(f"a per-prompt variant has {len(variant.rows)} rows of edits for {n_prompts} prompts; "
+                             "expected one per prompt")  # fmt: skip
+        return list(variant.rows)
+    return [variant] * n_prompts
+
+
+def variant_edits(variant: Variant) -> tuple[Edit, ...]:
+    """Every edit of a variant, over all its prompts."""
+    if isinstance(variant, PerPrompt):
+        return tuple(e for row in variant.rows for e in row_edits(row))
+    return row_edits(variant)
 
 
 def replacements(layers: list[int], vectors: torch.Tensor) -> list[Edit]:

@@ -25,6 +25,7 @@ import torch
 from taskvec.core.decoding import decode_predictions
 from taskvec.core.interfaces import Executor
 from taskvec.core.methods import TASK_VECTOR, FunctionVectorMethod
+from taskvec.core.sites import PerPrompt
 from taskvec.engine.accounting import stage
 from taskvec.experiments.every_position import EverySettings, evaluate_every_position
 from taskvec.heads.attribution import HeadAttribution, head_attribution
@@ -161,35 +162,46 @@ def compare_methods(
     icl_accuracy = sum(icl_ok) / len(icl_ok)
     batches: list = []
 
-    def run(name: str, prompts: list[str], edits, layer: int | None, short: bool) -> dict:
-        ids = executor.predict(prompts, edits, short=short).ids
+    def scored(name: str, prompts: list[str], ids: torch.Tensor, layer: int | None) -> dict:
         predictions = decode_predictions(lm, ids)
         ok = [is_correct(p, s.query, scoring) for p, s in zip(predictions, test)]
         batches.append((name, layer, prompts, predictions, ok))
         return method_entry(ok, icl_ok, icl_accuracy)
 
+    def run(name: str, prompts: list[str], edits, layer: int | None, short: bool) -> dict:
+        return scored(name, prompts, executor.predict(prompts, edits, short=short).ids, layer)
+
     methods = {"task_vector": method_entry(outcomes["hypothesis"], icl_ok, icl_accuracy)}
     controls: dict[str, dict] = {}
+    random_thetas = random_same_norm(thetas, rng.randrange(2**31))
+    tv_edits = [TASK_VECTOR.edits(best_layer, v) for v in thetas]
+    # Shuffled-label ICL alone and with each vector at its last token: the same prompts under several last-token
+    # variants, so they run as one executor call (one pass over each prompt's demonstrations).
+    shuffled_variants = {
+        "shuffled_icl": (None, None),
+        "shuffled_icl+task_vector": (PerPrompt(tuple(tv_edits)), best_layer),
+    }
+    if task_fv is not None:
+        fv, method, layer = task_fv.fv, task_fv.method, task_fv.fv.layer
+        fv_edits = method.edits(layer, fv.vector)
+        noise = random_like(fv, seed=rng.randrange(2**31)).vector
+        shuffled_variants["shuffled_icl+function_vector"] = (fv_edits, layer)
     with stage("controls"):
-        controls["shuffled_icl"] = run("shuffled_icl", shuffled_prompts, None, None, False)
-        tv_edits = [TASK_VECTOR.edits(best_layer, v) for v in thetas]
-        controls["shuffled_icl+task_vector"] = run("shuffled_icl+task_vector", shuffled_prompts, tv_edits,
-                                                   best_layer, False)  # fmt: skip
-        random_thetas = random_same_norm(thetas, rng.randrange(2**31))
+        ids = executor.last_token(shuffled_prompts, [v for v, _ in shuffled_variants.values()]).ids
+        found = {name: (ids[i], layer) for i, (name, (_, layer)) in enumerate(shuffled_variants.items())}
+        for name in ("shuffled_icl", "shuffled_icl+task_vector"):
+            controls[name] = scored(name, shuffled_prompts, *found[name])
         controls["task_vector_random"] = run("task_vector_random", queries,
                                              [TASK_VECTOR.edits(best_layer, v) for v in random_thetas], best_layer,
                                              True)  # fmt: skip
     if task_fv is not None:
-        fv, method, layer = task_fv.fv, task_fv.method, task_fv.fv.layer
-        fv_edits = [method.edits(layer, fv.vector)] * len(test)
         with stage("test_fv"):
-            methods["function_vector"] = run("function_vector", queries, fv_edits, layer, True)
+            methods["function_vector"] = run("function_vector", queries, [fv_edits] * len(test), layer, True)
         with stage("controls"):
-            noise = random_like(fv, seed=rng.randrange(2**31)).vector
             controls["function_vector_random"] = run("function_vector_random", queries,
                                                      [method.edits(layer, noise)] * len(test), layer, True)  # fmt: skip
-            controls["shuffled_icl+function_vector"] = run("shuffled_icl+function_vector", shuffled_prompts,
-                                                           fv_edits, layer, False)  # fmt: skip
+            name = "shuffled_icl+function_vector"
+            controls[name] = scored(name, shuffled_prompts, *found[name])
     chosen, means = {}, {}
     if every:
         found, more, chosen, means = evaluate_every_position(executor, prepared, dev, test, every,

@@ -9,7 +9,7 @@ import torch
 
 from taskvec.core.decoding import DEFAULT_STOP, StopRule
 from taskvec.core.interfaces import Method, Predictions
-from taskvec.core.sites import RowEdits, Site, row_edits
+from taskvec.core.sites import RowEdits, Site, Variant, row_edits, variant_edits, variant_rows
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, check_layers
 from taskvec.engine.generation import generate
 from taskvec.engine.last_token import LastTokenResults, last_token_only
@@ -73,7 +73,7 @@ class ExecutorBase:
         return read_sites(self.lm, prompts, sites, edits, batch_size=self.batch_size)
 
     def last_token(
-        self, prompts: Sequence[str], variants: Sequence[RowEdits], *, gold: Sequence[int] | None = None
+        self, prompts: Sequence[str], variants: Sequence[Variant], *, gold: Sequence[int] | None = None
     ) -> LastTokenResults:
         """Next token (V, N) of each prompt under each variant (edits at its last token), and with ``gold`` the
         log-probability (V, N) of ``gold[n]``: here one whole-prompt forward per (prompt, variant)."""
@@ -81,20 +81,22 @@ class ExecutorBase:
         ids = torch.empty(len(variants), len(prompts), dtype=torch.long)
         logprobs = None if gold is None else torch.empty(len(variants), len(prompts))
         for v, variant in enumerate(variants):
-            edits = [variant] * len(prompts)
+            edits = variant_rows(variant, len(prompts))
             ids[v] = self.predict(prompts, edits, short=True).ids
             if logprobs is not None:
                 logprobs[v] = self.logprobs(prompts, gold, edits)
         return LastTokenResults(ids, logprobs)
 
     def check_variants(
-        self, prompts: Sequence[str], variants: Sequence[RowEdits], gold: Sequence[int] | None
+        self, prompts: Sequence[str], variants: Sequence[Variant], gold: Sequence[int] | None
     ) -> None:
         if not prompts:
             raise TaskvecError("no prompts given; expected at least one")
         if gold is not None and len(gold) != len(prompts):
             raise TaskvecError(f"got {len(gold)} gold tokens for {len(prompts)} prompts; expected one per prompt")
-        check_layers(self.lm, sorted({e.site.layer for v in variants for e in row_edits(v)}))
+        for variant in variants:
+            variant_rows(variant, len(prompts))  # a per-prompt variant has one entry per prompt
+        check_layers(self.lm, sorted({e.site.layer for v in variants for e in variant_edits(v)}))
         if not last_token_only(variants):
             raise TaskvecError("every edit of a last-token variant must sit at the last prompt token (position -1)")
 

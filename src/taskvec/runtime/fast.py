@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from taskvec.core.interfaces import Executor, Made, Method, Predictions, Rechecked
-from taskvec.core.sites import RowEdits, is_last_token_replace, row_edits
+from taskvec.core.sites import RowEdits, Variant, is_last_token_replace, row_edits, variant_rows
 from taskvec.engine.accounting import stage
 from taskvec.engine.close_calls import DEFAULT_RECHECK_MARGIN, check_recheck_margin, close
 from taskvec.engine.forward import DEFAULT_BATCH_SIZE, predict_ids
@@ -102,14 +102,20 @@ class FastExecutor(ExecutorBase):
         return self.sweep_by_forwards(prompts, vectors, layers, method)
 
     def last_token(
-        self, prompts: Sequence[str], variants: Sequence[RowEdits], *, gold: Sequence[int] | None = None
+        self, prompts: Sequence[str], variants: Sequence[Variant], *, gold: Sequence[int] | None = None
     ) -> LastTokenResults:
         """The cached last-token path (:mod:`taskvec.engine.last_token`): one prefix forward per group of
-        prompts, lower blocks skipped, shortlist argmax (each checked once against full forwards). Not
-        rechecked under mixed precision (it scores and chooses; it does not report)."""
+        prompts, lower blocks skipped, shortlist argmax (each checked once against full forwards). Under mixed
+        precision, next tokens closer than ``recheck_margin`` are recomputed with float32 products, as
+        :meth:`predict` does (log-probabilities are not rechecked)."""
         self.check_variants(prompts, variants, gold)
         rows = LAST_TOKEN_ROWS_PER_SLOT * self.batch_size
-        return last_token_variants(self.lm, prompts, variants, gold=gold, max_rows=rows, shortcuts=self.shortcuts)
+        found = last_token_variants(self.lm, prompts, variants, gold=gold, max_rows=rows, shortcuts=self.shortcuts,
+                                    with_margins=self.rechecks)  # fmt: skip
+        if found.margins is not None:
+            for v, variant in enumerate(variants):
+                self._recheck(prompts, found.ids[v], found.margins[v], variant_rows(variant, len(prompts)), None)
+        return found
 
     def _recheck(
         self,
