@@ -1,156 +1,143 @@
-"""Cost of head attribution per task (and, with ``--fv``, a small function-vector probe).
+"""Cost of a function vector per task, as ``taskvec run --methods tv,fv`` finds it: head attribution and the dev
+grid, in seconds, counted work and achieved GFLOP/s.
 
-    OMP_NUM_THREADS=1 python bench/bench_heads.py [--model gemma-3-270m] [--tasks to_upper]
-        [--n-clean 10] [--n-corrupted 10] [--shots 5] [--fv --n-dev 8 --n-test 10 --layers 5-12]
+    python bench/bench_heads.py [--model gemma-3-270m] [--tasks to_upper,country_capital,present_past]
+        [--attribution exact,gradient] [--threads 2] [--json out.json]
 
-Per task: mean head outputs on ``--n-clean`` clean ICL prompts (one forward each, batched), then the AIE of
-every head on ``--n-corrupted`` shuffled-label prompts: one cached prefix forward per prompt group and
-(heads + 1) last-token rows per prompt. Printed: wall and CPU seconds and the engine's counts (forwards,
-tokens, last-token rows through the unembedding) per stage, the load average, and the extrapolation
-to a 7B model (Llama-2-7B shape: 32 layers x 32 heads, 6.5e9 block parameters, vocabulary 32000):
+Per task, the run's own dev sets (``MainConfig`` defaults: 50 dev sets, seed 41) and the run's function-vector
+settings (``FvSettings``: 25 shuffled-label prompts, the coarse-to-fine grid):
 
-    rows = n_corrupted x (heads + 1);  FLOPs per row ~ 2 x (block parameters + hidden x vocabulary)
-    time_7B ~ time_rows(this model) x (rows_7B / rows) x (FLOPs per row 7B / FLOPs per row here)
+- ``attribution`` (each mode asked for): mean head outputs on the clean prompts, then every head's effect;
+- ``dev grid``: the (layer, k, scale) search on the dev queries (after the first attribution mode).
 
-(the clean and prefix forwards scale the same way per token; on a GPU the rows are batched, so the
-wall time is far below this CPU-bound figure). With ``--fv``: layer, k and scale chosen on dev queries,
-then test accuracy of zero-shot, ICL, the function vector, and a random vector of the same norm added the
-same way.
+Printed per stage: wall seconds, forwards, tokens, last-token rows multiplied by the whole unembedding,
+GFLOP and GFLOP/s. GFLOP counts the matrix products of the decoder blocks (2 x block parameters per token per
+block run) and of the unembedding (2 x vocabulary x hidden per row), in float32 terms; attention scores are left
+out, and so is the backward pass of gradient attribution (its forward work only). Rows whose argmax comes from
+the vocabulary shortlist are counted as whole unembeddings although they run mostly in bfloat16: the GFLOP/s of
+the dev grid can then exceed the float32 peak. For scale: the machine's float32 and bfloat16 matrix-product
+rates (2048^3, median of 7) and the load average, printed first. Then the 7B extrapolation of exact attribution
+(Llama-2-7B shape: 32 x 32 heads, 6.5e9 block parameters, vocabulary 32000), from this model's per-row cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
-import random
+import statistics
 import time
 
 import torch
 
 import taskvec
-from taskvec.engine.accounting import accounting, stage
-from taskvec.engine.batching import collate, encode, length_sorted_chunks
-from taskvec.engine.forward import decode_predictions, next_token_logits
-from taskvec.heads import (
-    apply_function_vector,
-    head_attribution,
-    head_sites,
-    random_like,
-    sample_icl_examples,
-    select_function_vector,
-    shuffled_examples,
-)
-from taskvec.heads.function_vector import accuracy
-from taskvec.runtime import make_executor
+from taskvec.engine.accounting import StageWork, accounting, stage
+from taskvec.experiments.main_experiment import MainConfig, main_executor, task_splits
+from taskvec.experiments.method_comparison import FvSettings, icl_examples, scorer, shuffled
+from taskvec.heads import head_attribution, select_function_vector
+from taskvec.models.head_sites import head_sites
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import builtin_task
-
-logger = logging.getLogger("bench_heads")
 
 SEVEN_B = {"layers": 32, "heads": 32, "block_params": 6.5e9, "hidden": 4096, "vocab": 32000}
 
 
-def block_params(lm) -> int:
-    return sum(p.numel() for p in lm.adapter.layers.parameters())
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times)
 
 
-def flops_per_row(params: float, hidden: int, vocab: int) -> float:
-    return 2.0 * (params + hidden * vocab)
+def gflop(lm, work: StageWork) -> float:
+    per_block = sum(p.numel() for p in lm.adapter.layers.parameters()) / lm.num_layers
+    hidden = lm.model.config.get_text_config().hidden_size
+    vocab = lm.adapter.unembedding.weight.shape[0]
+    return (2 * per_block * work.block_tokens + 2 * vocab * hidden * work.logit_rows) / 1e9
 
 
-def icl_predictions(lm, examples, template) -> list[str]:
-    rows = encode(lm, [e.prompt(template) for e in examples])
-    ids = torch.empty(len(rows), dtype=torch.long)
-    for group in length_sorted_chunks(rows, 16):
-        ids[group] = next_token_logits(lm, collate(lm, [rows[i] for i in group])).argmax(-1)
-    return decode_predictions(lm, ids)
+def line(name: str, seconds: float, work: StageWork, flops: float) -> str:
+    return (f"  {name:<22} {seconds:7.1f} s  {work.forwards:5d} forwards  {work.tokens:7d} tokens  "
+            f"{work.logit_rows:6d} rows  {flops:8.0f} GFLOP  {flops / seconds:6.0f} GFLOP/s")  # fmt: skip
 
 
-def run_task(lm, name: str, args) -> None:
+def run_task(lm, name: str, modes: list[str]) -> dict:
+    config = MainConfig(model=lm.model_id)
+    settings = FvSettings()
     prepared = prepare_task(lm, builtin_task(name))
-    pairs = [(p.input, p.output) for p in prepared.pairs]
-    random.Random(args.seed).shuffle(pairs)
-    test, dev, pool = (
-        pairs[: args.n_test],
-        pairs[args.n_test : args.n_test + args.n_dev],
-        pairs[args.n_test + args.n_dev :],
-    )
-    template = prepared.template
-    executor = make_executor(lm, "fast")
-    clean = sample_icl_examples(pool, args.n_clean, args.shots, seed=args.seed)
-    corrupted = shuffled_examples(sample_icl_examples(pool, args.n_corrupted, args.shots, seed=args.seed + 1),
-                                  seed=args.seed + 2)  # fmt: skip
-    with accounting() as acc:
-        started, cpu = time.perf_counter(), time.process_time()
-        with stage("attribution"):
-            att = head_attribution(executor, clean, corrupted, template)
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    work = acc.work("attribution")
-    sites = head_sites(lm)
-    n_heads = len(sites) * sites[0].n_heads
-    rows = args.n_corrupted * (n_heads + 1)
-    here = flops_per_row(block_params(lm), lm.model.config.get_text_config().hidden_size,
-                         lm.adapter.unembedding.weight.shape[0])  # fmt: skip
-    big = flops_per_row(SEVEN_B["block_params"], SEVEN_B["hidden"], SEVEN_B["vocab"])
-    rows_7b = args.n_corrupted * (SEVEN_B["layers"] * SEVEN_B["heads"] + 1)
-    print(f"\n== {name}: {len(pairs)} usable pairs, answer prefix {template.answer_prefix!r}")
-    print(f"attribution: {wall:.1f} s wall, {cpu:.1f} s CPU; {work.forwards} forwards, {work.tokens} tokens, "
-          f"{work.logit_rows} unembedded rows ({rows} = {args.n_corrupted} corrupted x ({n_heads} heads + 1)); "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"baseline p(gold) {att.baseline_probability:.4f}; top heads "
-          + ", ".join(f"L{li}H{j} ({float(att.aie[li, j]):+.4f})" for li, j in att.top_heads(5)))  # fmt: skip
-    factor = (rows_7b / rows) * (big / here)
-    print(f"7B extrapolation (CPU-bound, this machine): {rows_7b} rows x {big / 1e9:.1f} GFLOP/row vs {rows} x "
-          f"{here / 1e9:.2f} here -> ~{factor:.0f}x = ~{cpu * factor / 60:.0f} min of one core's CPU time per task "
-          f"(~{rows_7b * big / 1e12:.0f} TFLOP in the last-token rows: seconds on one GPU)")  # fmt: skip
-    if not args.fv:
-        return
-    first, last = (int(v) for v in args.layers.split("-"))
-    fv = select_function_vector(executor, att, template, [x for x, _ in dev], [y for _, y in dev],
-                                layers=range(first, last + 1))  # fmt: skip
-    queries, answers = [x for x, _ in test], [y for _, y in test]
-    icl = sample_icl_examples(pool, len(test), args.shots, seed=args.seed + 3)
-    icl = [type(e)(e.demonstrations, q, a) for e, (q, a) in zip(icl, test)]
-    predictions = {
-        "zero-shot": apply_function_vector(executor, fv, queries, scale=0.0),
-        "ICL": icl_predictions(lm, icl, template),
-        "FV": apply_function_vector(executor, fv, queries),
-        "random": apply_function_vector(executor, random_like(fv, seed=args.seed), queries),
-    }
-    scores = {name: accuracy(p, answers) for name, p in predictions.items()}
-    icl_correct = [i for i, (p, a) in enumerate(zip(predictions["ICL"], answers)) if p == a.strip()]
-    filtered = {name: sum(p[i] == answers[i].strip() for i in icl_correct) / max(1, len(icl_correct))
-                for name, p in predictions.items() if name != "ICL"}  # fmt: skip
-    print(
-        f"FV chosen on {len(dev)} dev queries: layer {fv.layer}, k {fv.k}, scale {fv.scale:g} "
-        f"(dev {fv.selection['best_dev_accuracy']:.2f}); |v| = {float(fv.vector.norm()):.1f}; heads {fv.heads}"
-    )
-    print(f"test accuracy on {len(test)} queries: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    print(f"on the {len(icl_correct)} ICL-correct ones (Todd et al.'s filter): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in filtered.items()))  # fmt: skip
+    rng, (dev, _, _) = task_splits(prepared, config)
+    executor = main_executor(lm, config)
+    clean = icl_examples(dev)
+    corrupted = shuffled(clean[: settings.n_corrupted], rng)
+    print(f"\n== {name}: {len(dev)} dev sets, {len(corrupted)} shuffled-label prompts; load average "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    out: dict = {"task": name}
+    attributions = {}
+    for mode in modes:
+        with accounting() as acc, stage("attribution"):
+            started = time.perf_counter()
+            attributions[mode] = head_attribution(executor, clean, corrupted, prepared.template, attribution=mode)
+            seconds = time.perf_counter() - started
+        work = acc.work("attribution")
+        flops = gflop(lm, work)
+        print(line(f"attribution ({mode})", seconds, work, flops))
+        out[f"attribution_{mode}"] = {"seconds": seconds, "gflop": flops, "rows": work.logit_rows}
+    with accounting() as acc, stage("grid"):
+        started = time.perf_counter()
+        fv = select_function_vector(executor, attributions[modes[0]], prepared.template,
+                                    [s.query.input for s in dev], [s.query.output for s in dev], ks=settings.ks,
+                                    scales=settings.scales, scorer=scorer(prepared, dev),
+                                    refine_layers=settings.refine_layers)  # fmt: skip
+        seconds = time.perf_counter() - started
+    work = acc.work("grid")
+    flops = gflop(lm, work)
+    print(line("dev grid", seconds, work, flops))
+    print(f"  chosen: layer {fv.layer}, k {fv.k}, scale {fv.scale:g} (dev {fv.selection['best_dev_accuracy']:.2f}), "
+          f"{len(fv.selection['grid'])} configurations")  # fmt: skip
+    configurations = len(fv.selection["grid"])
+    out["grid"] = {"seconds": seconds, "gflop": flops, "rows": work.logit_rows, "configurations": configurations}
+    if "exact" in attributions:
+        sites = head_sites(lm)
+        rows = len(corrupted) * (len(sites) * sites[0].n_heads + 1)
+        hidden, vocab = lm.model.config.get_text_config().hidden_size, lm.adapter.unembedding.weight.shape[0]
+        here = 2 * (sum(p.numel() for p in lm.adapter.layers.parameters()) + hidden * vocab)
+        big = 2 * (SEVEN_B["block_params"] + SEVEN_B["hidden"] * SEVEN_B["vocab"])
+        rows_7b = len(corrupted) * (SEVEN_B["layers"] * SEVEN_B["heads"] + 1)
+        factor = rows_7b * big / (rows * here)
+        exact_seconds = out["attribution_exact"]["seconds"]
+        print(f"  7B extrapolation of exact attribution: {rows_7b} rows x {big / 1e9:.1f} GFLOP vs {rows} x "
+              f"{here / 1e9:.2f} here -> ~{factor:.0f}x, ~{exact_seconds * factor / 60:.0f} min on this CPU "
+              f"(~{rows_7b * big / 1e12:.0f} TFLOP: seconds on one GPU)")  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--tasks", default="to_upper")
-    parser.add_argument("--n-clean", type=int, default=10)
-    parser.add_argument("--n-corrupted", type=int, default=10)
-    parser.add_argument("--shots", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fv", action="store_true", help="also choose and test a function vector")
-    parser.add_argument("--n-dev", type=int, default=8)
-    parser.add_argument("--n-test", type=int, default=10)
-    parser.add_argument("--layers", default="5-12", help="layers the FV may be added at (dev sweep), FIRST-LAST")
+    parser.add_argument("--tasks", default="to_upper,country_capital,present_past")
+    parser.add_argument("--attribution", default="exact,gradient", help="modes to time, comma-separated")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    modes = args.attribution.split(",")
+    if any(m not in ("exact", "gradient") for m in modes):
+        parser.error(f"--attribution {args.attribution!r}: expected exact and/or gradient, comma-separated")
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     lm = taskvec.load_model(args.model)
-    print(f"{args.model} loaded in {time.perf_counter() - started:.1f} s; threads {torch.get_num_threads()}")
-    for name in args.tasks.split(","):
-        run_task(lm, name, args)
+    peaks = {str(d).removeprefix("torch."): matmul_rate(d) / 1e9 for d in (torch.float32, torch.bfloat16)}
+    print(f"{args.model} loaded in {time.perf_counter() - started:.1f} s; {args.threads} thread(s); matrix products "
+          f"float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s; load average "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    results = [run_task(lm, name, modes) for name in args.tasks.split(",")]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "threads": args.threads, "peaks_gflops": peaks, "tasks": results}, f,
+                      indent=1)  # fmt: skip
 
 
 if __name__ == "__main__":
