@@ -13,9 +13,9 @@ import time
 import taskvec
 from taskvec.experiments.analysis_setup import LayerOptions
 from taskvec.experiments.conflict import ConflictConfig, run_conflict
+from taskvec.experiments.harness import peak_rss_mb
 from taskvec.experiments.interpret import InterpretConfig, run_interpret
 from taskvec.experiments.robustness import RobustnessConfig, run_robustness
-from taskvec.experiments.runner import peak_rss_mb
 
 TASKS = ("next_letter", "to_upper", "en_fr", "country_capital")
 

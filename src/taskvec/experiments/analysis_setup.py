@@ -14,8 +14,8 @@ from taskvec.core.interfaces import Executor
 from taskvec.core.layers import best_layer
 from taskvec.engine.forward import check_layers
 from taskvec.errors import OutputDirectoryError, TaskDataError, TaskvecError
+from taskvec.experiments.harness import model_info, peak_rss_mb, versions
 from taskvec.experiments.main_experiment import dev_sweep, task_rng
-from taskvec.experiments.runner import model_info, peak_rss_mb, versions
 from taskvec.models.loading import LoadedModel
 from taskvec.models.registry import DEFAULT_MODEL
 from taskvec.runtime import make_executor

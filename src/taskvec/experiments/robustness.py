@@ -158,4 +158,3 @@ def run_robustness(
     metadata = {"model_id": lm.model_id, "tasks": labels, "categories": categories,
                 "layers": [tasks[t]["layer"] for t in labels], "config": config.to_dict()}  # fmt: skip
     return results, vectors, metadata
-

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
-import resource
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
-import transformers
 
 from taskvec.core.interfaces import Executor
 from taskvec.engine.accounting import Accounting, accounting, stage
 from taskvec.experiments.backoff import BatchBackoff
-from taskvec.experiments.locking import output_dir_lock
+from taskvec.experiments.harness import (
+    Progress,
+    RunDirectory,
+    peak_rss_mb,
+    results_header,
+    run_directory,
+    versions,
+)
 from taskvec.experiments.main_experiment import MainConfig, evaluate_task
-from taskvec.experiments.outdir import each_task, open_run_dir, task_result_path, write_run_config
+from taskvec.experiments.outdir import task_result_path
 from taskvec.experiments.task_agnostic import add_task_agnostic, save_task_vectors, vectors_path
-from taskvec.io.atomic import write_json_atomic, write_jsonl_atomic
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report import write_report
 from taskvec.report.methods import mean_aie, top_heads
@@ -33,28 +31,8 @@ from taskvec.tasks.preparation import PreparedTask, prepare_task
 from taskvec.tasks.protocol import PromptProtocol
 from taskvec.tasks.registry import load_tasks
 from taskvec.tasks.validation import PoolSizes, check_pools, prepared_pools, task_pools
-from taskvec.version import __version__
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]  # (task name, tasks finished, tasks in all)
-
-
-def versions() -> dict[str, str]:
-    return {"taskvec": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__}  # fmt: skip
-
-
-def model_info(lm: LoadedModel) -> dict:
-    """The model's id, class, type, depth and source (bundled name and sha256, or path)."""
-    return {"id": lm.model_id, "class": type(lm.model).__name__,
-            "model_type": getattr(lm.model.config, "model_type", None), "num_layers": lm.num_layers,
-            "source": lm.source}  # fmt: skip
-
-
-def peak_rss_mb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def run_main(
@@ -79,30 +57,27 @@ def run_main(
     tasks = load_tasks(config.tasks, config.task_files)
     sizes = PoolSizes(config.shots, config.n_dev, config.n_test, config.n_dummy)
     check_pools(task_pools(tasks), sizes)  # every task, before the model loads (the same rule after preparation)
-    with output_dir_lock(out_dir, wait=wait) as out, accounting() as work:
-        resuming = open_run_dir(out, config.to_dict())
+    with run_directory(out_dir, config.to_dict(), wait=wait) as run, accounting() as work:
+        out = run.out
         prompt = PromptProtocol.from_record(config.protocol)
         with stage("load"):
             lm = prompt.applied(lm or load_model(config.model, dtype=config.dtype, device=device))
         with stage("prepare"):
             prepared = [prepare_task(lm, t, prompt=prompt) for t in tasks]
         check_pools(prepared_pools(prepared), sizes)
-        if not resuming:
-            write_run_config(out, config.to_dict())
+        run.started()
         runs = make_executor(lm, executor, recheck_margin=config.recheck_margin)  # batch size: per task, below
-        task_results = _evaluate_all(runs, prepared, config, out, progress)
+        task_results = _evaluate_all(runs, prepared, config, run, progress)
         if config.compares and len(prepared) > 1:
             with stage("task_agnostic"):
                 add_task_agnostic(runs, prepared, config, out, task_results)
         results = _results(lm, config, task_results, started, work)
-        write_jsonl_atomic(out / "predictions.jsonl", (r for t in task_results.values() for r in t["predictions"]))
-        write_json_atomic(out / "results.json", results)
-        write_report(out, results)
+        run.finish(results, (r for t in task_results.values() for r in t["predictions"]), write_report)
     return results
 
 
 def _evaluate_all(
-    executor: Executor, prepared: list[PreparedTask], config: MainConfig, out: Path, progress: Progress | None
+    executor: Executor, prepared: list[PreparedTask], config: MainConfig, run: RunDirectory, progress: Progress | None
 ) -> dict[str, dict]:
     """{task name: {"result", "predictions"}}, each task computed or read back from a finished earlier run."""
     lm = executor.lm
@@ -123,13 +98,13 @@ def _evaluate_all(
             lm,
         )
         if config.compares:  # before the task's results: a finished task always has its vectors
-            save_task_vectors(vectors_path(task_result_path(out, p.name)), vectors, p.name)
+            save_task_vectors(vectors_path(task_result_path(run.out, p.name)), vectors, p.name)
         logger.info("task %s: ICL %.2f, TV %.2f (layer %d), baseline %.2f", p.name,
                     result["regular"]["accuracy"], result["hypothesis"]["accuracy"], result["best_layer"],
                     result["baseline"]["accuracy"])  # fmt: skip
         return {"result": result, "predictions": rows}
 
-    return each_task(out, [p.name for p in prepared], compute, progress)
+    return run.each_task([p.name for p in prepared], compute, progress)
 
 
 def _results(
@@ -138,11 +113,7 @@ def _results(
     task_results = {name: saved["result"] for name, saved in saved_by_task.items()}
     results = {
         "taskvec_version": versions()["taskvec"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "model": model_info(lm),
-        "versions": versions(),
+        **results_header(None, config.to_dict(), lm, config.seed),
         "tasks": task_results,
         "summary": summarize(task_results),
         "timing": {  # of this process: tasks resumed from an earlier one are not counted
