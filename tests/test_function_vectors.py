@@ -188,6 +188,35 @@ def test_shuffled_labels_move_and_are_seeded():
         sample_icl_examples(PAIRS, 2, 1)
 
 
+def test_one_recipe_pairs_each_corrupted_prompt_with_a_clean_one(tmp_path):
+    """run, heads and extract take their corrupted prompts the same way: the first n clean examples with their
+    labels shuffled (same queries, inputs and label multiset); a heads directory of the earlier recipe (drawn
+    afresh; its configuration has no "corrupted") is refused rather than resumed with mixed recipes."""
+    import json
+
+    from taskvec.experiments.heads_run import HeadsConfig, run_heads
+    from taskvec.heads import attribution_examples
+
+    clean = sample_icl_examples(PAIRS, 6, 4, seed=3)
+    kept, corrupted = attribution_examples(clean, 4, random.Random(0))
+    assert kept == clean and len(corrupted) == 4
+    for e, c in zip(clean, corrupted):
+        assert (e.query, e.answer) == (c.query, c.answer)
+        assert [x for x, _ in c.demonstrations] == [x for x, _ in e.demonstrations]
+        assert c.demonstrations != e.demonstrations
+    assert attribution_examples(clean, 4, random.Random(0)) == (kept, corrupted)
+    with pytest.raises(TaskvecError, match="n_corrupted=0"):
+        attribution_examples(clean, 0, random.Random(0))
+    config = HeadsConfig(model="tiny", tasks=("to_upper",), n_prompts=3, shots=3)
+    assert config.to_dict()["corrupted"] == "clean shuffled"
+    run_heads(config, tmp_path, lm=make_tiny_model("llama"))
+    record = json.loads((tmp_path / "run-config.json").read_text())
+    del record["corrupted"]  # as written by the earlier recipe
+    (tmp_path / "run-config.json").write_text(json.dumps(record))
+    with pytest.raises(TaskvecError, match="corrupted"):
+        run_heads(config, tmp_path, lm=make_tiny_model("llama"))
+
+
 def test_head_attribution_matches_its_probabilities():
     lm = make_tiny_model("llama")
     clean = sample_icl_examples(PAIRS, 4, 3, seed=0)

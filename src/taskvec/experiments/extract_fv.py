@@ -1,7 +1,8 @@
 """``taskvec extract --method fv|icv|meandiff|shift``: a task's function vector (or an every-position method's
 vector) in the task-vector file format.
 
-Head attribution on ``fv_prompts`` clean ICL prompts drawn from the pool (and as many with shuffled labels),
+Head attribution on ``fv_prompts`` clean ICL prompts drawn from the pool (and the same prompts with their labels
+shuffled: :func:`taskvec.heads.examples.attribution_examples`, the recipe of ``run`` and ``heads`` too),
 then the layer, k and scale with the best accuracy on the held-out dev pairs (``layer`` given: only that
 layer). The file stores ``scale * v`` at every layer (the vector does not depend on the layer it is added
 at), the chosen layer, and in its metadata the heads, k, scale and the dev grid.
@@ -17,9 +18,8 @@ from taskvec.api.compat import model_metadata
 from taskvec.api.task_vector import TaskVector
 from taskvec.core.interfaces import DemoSet, Executor
 from taskvec.experiments.every_position import EverySettings, choose_config, configured
-from taskvec.experiments.method_comparison import shuffled
 from taskvec.heads.attribution import head_attribution
-from taskvec.heads.examples import sample_icl_examples
+from taskvec.heads.examples import attribution_examples, sample_icl_examples
 from taskvec.heads.selection import select_function_vector
 from taskvec.models.loading import LoadedModel
 from taskvec.tasks.definitions import Pair
@@ -37,8 +37,7 @@ def extract_function_vector(
     tuples = [(p.input, p.output) for p in pool]
     shots = min(config.shots, len(tuples) - 1)
     clean = sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed)
-    corrupted = shuffled(sample_icl_examples(tuples, config.fv_prompts, shots, seed=config.seed + 1),
-                         random.Random(config.seed + 2))  # fmt: skip
+    clean, corrupted = attribution_examples(clean, config.fv_prompts, random.Random(config.seed + 1))
     attribution = head_attribution(executor, clean, corrupted, template, attribution=config.attribution)
 
     def score(predictions: Sequence[str]) -> float:

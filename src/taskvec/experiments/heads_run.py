@@ -1,8 +1,9 @@
 """``taskvec heads``: head attribution of every task (the AIE table of Todd et al.), resumable.
 
 Per task: ``n_prompts`` clean ICL prompts (``shots`` demonstrations and a query, drawn with one generator per
-task) give every head's mean last-token output; as many prompts with their demonstrations' labels shuffled are
-scored with each head's mean output patched in (:func:`taskvec.heads.attribution.head_attribution`). Each
+task) give every head's mean last-token output; the same prompts with their demonstrations' labels shuffled
+(:func:`taskvec.heads.examples.attribution_examples`, the recipe of ``run`` and ``extract`` too) are scored with
+each head's mean output patched in (:func:`taskvec.heads.attribution.head_attribution`). Each
 task's table is written to ``tasks/<task>.json`` when it is done (a killed run resumes); ``results.json``
 holds every table, their mean over tasks and the top heads; ``report.md``/``report.html`` show the heatmaps.
 """
@@ -11,24 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from taskvec.core.interfaces import Executor
-from taskvec.experiments.locking import output_dir_lock
+from taskvec.experiments.harness import Progress, results_header, run_directory
 from taskvec.experiments.main_experiment import task_rng
-from taskvec.experiments.method_comparison import shuffled
-from taskvec.experiments.outdir import each_task, open_run_dir, write_run_config
-from taskvec.experiments.runner import model_info, versions
 from taskvec.heads.attribution import head_attribution
-from taskvec.heads.examples import sample_icl_examples
-from taskvec.io.atomic import write_json_atomic
+from taskvec.heads.examples import CORRUPTED_RECIPE, attribution_examples, sample_icl_examples
 from taskvec.models.loading import LoadedModel, load_model
 from taskvec.report.heads_report import write_heads_report
 from taskvec.report.methods import top_heads
@@ -50,6 +44,7 @@ class HeadsConfig:
     seed: int = 41
     dtype: str = "float32"
     attribution: str = "exact"  # or "gradient" (attribution patching)
+    corrupted: str = CORRUPTED_RECIPE  # always recorded: a directory of the earlier recipe is not resumed
     prompt: PromptProtocol = field(default_factory=PromptProtocol)  # choices beyond the paper's (e.g. the FV code's)
 
     def to_dict(self) -> dict:
@@ -67,25 +62,22 @@ def run_heads(
     config: HeadsConfig,
     out_dir: str | Path,
     lm: LoadedModel | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Head attribution of every task of ``config`` into ``out_dir``; returns the results dictionary."""
     started = time.perf_counter()
     tasks = load_tasks(config.tasks, config.task_files)
-    with output_dir_lock(out_dir) as out:
-        resuming = open_run_dir(out, config.to_dict())
+    with run_directory(out_dir, config.to_dict()) as run:
         lm = config.prompt.applied(lm or load_model(config.model, dtype=config.dtype))
         executor = make_executor(lm, "fast")
-        if not resuming:
-            write_run_config(out, config.to_dict())
-        saved = each_task(
-            out, [t.name for t in tasks],
+        run.started()
+        saved = run.each_task(
+            [t.name for t in tasks],
             lambda i: {"result": attribute_task(executor, tasks[i], config), "predictions": []}, progress,
         )  # fmt: skip
         per_task = {name: s["result"] for name, s in saved.items()}
         results = heads_results(lm, config, per_task, time.perf_counter() - started)
-        write_json_atomic(out / "results.json", results)
-        write_heads_report(out, results)
+        run.finish(results, None, write_heads_report)
     return results
 
 
@@ -96,8 +88,7 @@ def task_examples(lm: LoadedModel, task, config: HeadsConfig):
     rng = task_rng(config.seed, task.name)
     shots = min(config.shots, len(pairs) - 1)
     clean = sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31))
-    corrupted = shuffled(sample_icl_examples(pairs, config.n_prompts, shots, seed=rng.randrange(2**31)),
-                         random.Random(rng.randrange(2**31)))  # fmt: skip
+    clean, corrupted = attribution_examples(clean, config.n_prompts, rng)
     return prepared, clean, corrupted
 
 
@@ -119,12 +110,7 @@ def heads_results(lm: LoadedModel, config: HeadsConfig, per_task: dict[str, dict
     tables = [np.array([[math.nan if v is None else v for v in row] for row in t["aie"]]) for t in per_task.values()]
     mean = np.nanmean(np.stack(tables), axis=0)
     return {
-        "command": "heads",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "model": model_info(lm),
-        "versions": versions(),
+        **results_header("heads", config.to_dict(), lm, config.seed),
         "tasks": per_task,
         "mean_aie": _rows(mean),
         "top_heads": [{"layer": li, "head": j, "mean_aie": v} for li, j, v in top_heads(mean, 10)],

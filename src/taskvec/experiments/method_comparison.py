@@ -29,7 +29,7 @@ from taskvec.core.sites import PerPrompt
 from taskvec.engine.accounting import stage
 from taskvec.experiments.every_position import EverySettings, evaluate_every_position
 from taskvec.heads.attribution import HeadAttribution, head_attribution
-from taskvec.heads.examples import IclExample, shuffle_labels
+from taskvec.heads.examples import IclExample, attribution_examples, shuffled
 from taskvec.heads.function_vector import FunctionVector, random_like, random_same_norm
 from taskvec.heads.selection import DEFAULT_KS, DEFAULT_SCALES, select_function_vector
 from taskvec.stats import accuracy_entry
@@ -76,16 +76,6 @@ def icl_examples(sets: Sequence[EvalSet]) -> list[IclExample]:
     return [IclExample(tuple(s.demo_tuples), s.query.input, s.query.output) for s in sets]
 
 
-def shuffled(examples: Sequence[IclExample], rng: random.Random) -> list[IclExample]:
-    """Each example with its demonstrations' outputs permuted among them; one whose outputs are all equal
-    (nothing to shuffle) is kept as it is."""
-    out = []
-    for e in examples:
-        outputs = {y for _, y in e.demonstrations}
-        out.append(shuffle_labels(e, rng) if len(outputs) > 1 else e)
-    return out
-
-
 def scorer(prepared: PreparedTask, sets: Sequence[EvalSet], scoring: str | None = None):
     """Accuracy of predictions for ``sets``' queries under the task's scoring rule (or ``scoring``)."""
     rule = scoring or prepared.task.scoring
@@ -110,7 +100,7 @@ def choose_function_vector(
     lm, template = executor.lm, prepared.template
     clean = icl_examples(dev)
     with stage("fv_attribution"):
-        corrupted = shuffled(clean[: settings.n_corrupted], rng)
+        clean, corrupted = attribution_examples(clean, settings.n_corrupted, rng)
         attribution = head_attribution(executor, clean, corrupted, template, attribution=settings.attribution)
     with stage("fv_selection"):
         fv = select_function_vector(executor, attribution, template, [s.query.input for s in dev],

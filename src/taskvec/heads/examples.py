@@ -79,6 +79,34 @@ def shuffled_examples(examples: Sequence[IclExample], seed: int = 0) -> list[Icl
     return [shuffle_labels(e, rng) for e in examples]
 
 
+def shuffled(examples: Sequence[IclExample], rng: random.Random) -> list[IclExample]:
+    """Each example with its demonstrations' outputs permuted among them (:func:`shuffle_labels`); one whose
+    outputs are all equal (nothing to shuffle) is kept as it is."""
+    out = []
+    for e in examples:
+        outputs = {y for _, y in e.demonstrations}
+        out.append(shuffle_labels(e, rng) if len(outputs) > 1 else e)
+    return out
+
+
+#: How every command pairs the clean and corrupted prompts of a head attribution (recorded in configurations).
+CORRUPTED_RECIPE = "clean shuffled"
+
+
+def attribution_examples(
+    clean: Sequence[IclExample], n_corrupted: int, rng: random.Random
+) -> tuple[list[IclExample], list[IclExample]]:
+    """The one recipe of ``run``, ``heads`` and ``extract``: the clean examples (their prompts give the mean
+    head outputs) and, as corrupted prompts, the first ``n_corrupted`` of the same examples with their
+    demonstrations' labels shuffled (:func:`shuffled`), so each corrupted prompt differs from a clean one only
+    in its labels. (The function-vector code draws its corrupted prompts afresh; pairing them removes the
+    variance of the draw from every head's effect. Fed the same prompt strings, the AIE table is the FV code's.)"""
+    if n_corrupted < 1:
+        raise TaskvecError(f"n_corrupted={n_corrupted!r}; expected at least one corrupted prompt")
+    clean = list(clean)
+    return clean, shuffled(clean[:n_corrupted], rng)
+
+
 def first_answer_tokens(lm: LoadedModel, template: PromptTemplate, examples: Sequence[IclExample]) -> list[int]:
     """The first token of each gold answer as it follows its query prompt (``answer_prefix`` included)."""
     queries = [template.query_prompt(e.query) for e in examples]
