@@ -25,32 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import torch
+from bench_run import matmul_peak  # this folder is on sys.path when the script runs
 
 import taskvec
 from taskvec.engine.accounting import StageWork, accounting, stage
 from taskvec.experiments.main_experiment import MainConfig, main_executor, task_splits
-from taskvec.experiments.method_comparison import FvSettings, icl_examples, scorer, shuffled
+from taskvec.experiments.method_comparison import FvSettings, icl_examples, scorer
 from taskvec.heads import head_attribution, select_function_vector
+from taskvec.heads.examples import attribution_examples
 from taskvec.models.head_sites import head_sites
 from taskvec.tasks.preparation import prepare_task
 from taskvec.tasks.registry import builtin_task
 
 SEVEN_B = {"layers": 32, "heads": 32, "block_params": 6.5e9, "hidden": 4096, "vocab": 32000}
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * n**3 / statistics.median(times)
 
 
 def gflop(lm, work: StageWork) -> float:
@@ -72,7 +62,7 @@ def run_task(lm, name: str, modes: list[str]) -> dict:
     rng, (dev, _, _) = task_splits(prepared, config)
     executor = main_executor(lm, config)
     clean = icl_examples(dev)
-    corrupted = shuffled(clean[: settings.n_corrupted], rng)
+    clean, corrupted = attribution_examples(clean, settings.n_corrupted, rng)
     print(f"\n== {name}: {len(dev)} dev sets, {len(corrupted)} shuffled-label prompts; load average "
           f"{os.getloadavg()[0]:.2f}")  # fmt: skip
     out: dict = {"task": name}
@@ -129,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     lm = taskvec.load_model(args.model)
-    peaks = {str(d).removeprefix("torch."): matmul_rate(d) / 1e9 for d in (torch.float32, torch.bfloat16)}
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d) / 1e9 for d in (torch.float32, torch.bfloat16)}
     print(f"{args.model} loaded in {time.perf_counter() - started:.1f} s; {args.threads} thread(s); matrix products "
           f"float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s; load average "
           f"{os.getloadavg()[0]:.2f}")  # fmt: skip

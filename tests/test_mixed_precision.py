@@ -124,7 +124,8 @@ def test_last_token_variants_rechecked_like_predict():
     from taskvec.core.sites import Add, PerPrompt, Site
 
     plain, mixed = mixed_copy("llama")
-    prompts = [f"example:{w}->" for w in "a bb ccc dog eel fig goat hat ink jar kite lamp moon nest owl pig".split()]
+    words = ["a", "bb", "ccc", "dog", "eel", "fig", "goat", "hat", "ink", "jar", "kite", "lamp", "moon", "nest"]
+    prompts = [f"example:{w}->" for w in [*words, "owl", "pig"]]
     hidden = plain.model.config.get_text_config().hidden_size
     g = torch.Generator().manual_seed(2)
     own = PerPrompt(tuple([Add(Site(1), torch.randn(hidden, generator=g))] for _ in prompts))
