@@ -3,7 +3,9 @@
 The exact indirect effect of a head (:mod:`taskvec.heads.attribution`) needs one forward per (prompt, head):
 the head's last-token output ``a`` is set to its clean mean ``ā`` and p(gold) is read again. Attribution
 patching replaces that rise by its first-order term ``(ā - a) · ∂p(gold)/∂a``, so one forward and one
-backward per batch give every head's estimate for every prompt.
+backward per batch give every head's estimate for every prompt. The prompts' other tokens run first, without
+gradients, into a key/value cache; only the last token's forward is differentiated (nothing at an earlier
+position depends on a last-token head output), so the backward costs one token, not the prompt.
 
 The derivative is the *total* one: through every later block, later attention included. It is taken with
 respect to a zero tensor ``delta_l`` (B, heads * head_dim) added, by a forward pre-hook, to the input of
@@ -28,6 +30,7 @@ from taskvec.engine.batching import Batch, collate, encode, length_sorted_chunks
 from taskvec.engine.forward import record_batch
 from taskvec.engine.hooks import registered
 from taskvec.engine.numerics import check_finite
+from taskvec.engine.shared_prefix import all_but_last_cache, last_token_rows
 from taskvec.errors import TaskvecError
 from taskvec.models.head_sites import HeadSite, head_sites
 from taskvec.models.loading import LoadedModel
@@ -139,6 +142,18 @@ def _vocab_size(lm: LoadedModel) -> int:
     return int(size) if isinstance(size, int) else int(unembedding.weight.shape[0])
 
 
+def _last_token_step(lm: LoadedModel, batch: Batch) -> tuple[Batch, object]:
+    """What the differentiated forward runs: the last token of every prompt on the key/value cache of the
+    others (computed here without gradients: a head's last-token output reaches nothing at earlier positions,
+    so the derivative is the same and the backward covers one token instead of the prompt), or the whole batch
+    with no cache when a prompt has a single token."""
+    if int(batch.attention_mask.sum(dim=1).min()) < 2:
+        return batch, None
+    with torch.no_grad():
+        cache, _ = all_but_last_cache(lm, batch)
+    return last_token_rows(batch, cache, 1)
+
+
 def _batch_gradients(
     lm: LoadedModel, sites: Sequence[HeadSite], batch: Batch, gold: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,23 +180,25 @@ def _batch_gradients(
 
     handles: list = []
     # inference_mode(False): a caller's inference mode would forbid autograd; its tensors are cloned out of it
-    with registered(handles), torch.inference_mode(False), torch.enable_grad():
-        kwargs = {name: value.clone() for name, value in batch.model_inputs().items()}
-        if lm.adapter.accepts_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        for site in sites:
-            handles.append(site.out_proj.register_forward_pre_hook(make(site)))
-        out = lm.model(**kwargs, **lm.adapter.cache_inputs(None))
-        logits = out.logits[:, -1, :].float()
-        record_batch(batch, blocks=lm.num_layers, logit_rows=out.logits.shape[0] * out.logits.shape[1])
-        check_finite(logits.detach(), "next-token logits", lm.dtype)
-        probs = torch.softmax(logits, dim=-1).gather(1, gold.to(logits.device, copy=True)[:, None])[:, 0]
-        missing = [site.layer for site in sites if site.layer not in deltas]
-        if missing:
-            raise TaskvecError(f"blocks {missing}: the attention output projection did not run in the forward; "
-                               "expected every block's to run")  # fmt: skip
-        order = [deltas[site.layer] for site in sites]
-        grads = torch.autograd.grad(probs.sum(), order, allow_unused=True)
+    with registered(handles), torch.inference_mode(False):
+        step, cache = _last_token_step(lm, batch)
+        with torch.enable_grad():
+            kwargs = {name: value.clone() for name, value in step.model_inputs().items()}
+            if lm.adapter.accepts_logits_to_keep:
+                kwargs["logits_to_keep"] = 1
+            for site in sites:
+                handles.append(site.out_proj.register_forward_pre_hook(make(site)))
+            out = lm.model(**kwargs, **lm.adapter.cache_inputs(cache))
+            logits = out.logits[:, -1, :].float()
+            record_batch(step, blocks=lm.num_layers, logit_rows=out.logits.shape[0] * out.logits.shape[1])
+            check_finite(logits.detach(), "next-token logits", lm.dtype)
+            probs = torch.softmax(logits, dim=-1).gather(1, gold.to(logits.device, copy=True)[:, None])[:, 0]
+            missing = [site.layer for site in sites if site.layer not in deltas]
+            if missing:
+                raise TaskvecError(f"blocks {missing}: the attention output projection did not run in the "
+                                   "forward; expected every block's to run")  # fmt: skip
+            order = [deltas[site.layer] for site in sites]
+            grads = torch.autograd.grad(probs.sum(), order, allow_unused=True)
     n, heads, dim = len(batch), sites[0].n_heads, sites[0].head_dim
     # blocks may sit on different devices (a model split over GPUs): each goes to the CPU before stacking
     stacked_grads = torch.stack([(torch.zeros_like(d) if g is None else g).detach().float().cpu()
