@@ -101,7 +101,7 @@ def last_token_variants(
         batch = collate(lm, rows[group])
         cache, arity = all_but_last_cache(lm, batch)
         own_gold = None if gold_ids is None else gold_ids[group]
-        base_ids, base_lp, base_margins, states = _unedited(lm, batch, cache, own_gold)
+        base_ids, base_lp, base_margins, states = _unedited(lm, batch, cache, own_gold, with_margins)
         for v in unedited:
             ids[v, group] = base_ids
             if logprobs is not None:
@@ -124,15 +124,16 @@ def last_token_variants(
     return LastTokenResults(ids, logprobs, margins)
 
 
-def _unedited(lm: LoadedModel, batch: Batch, cache, gold: torch.Tensor | None):
-    """The unedited last token: its next token, log p(gold) (or None), its margin, and its block outputs
-    (n, L, H)."""
+def _unedited(lm: LoadedModel, batch: Batch, cache, gold: torch.Tensor | None, with_margins: bool):
+    """The unedited last token: its next token, log p(gold) (or None), its margin (or None), and its block
+    outputs (n, L, H)."""
     store: dict[int, torch.Tensor] = {}
     step = Batch(batch.input_ids[:, -1:], batch.attention_mask, batch.position_ids[:, -1:])
     with capture_last_position(lm.adapter.layers, list(range(lm.num_layers)), store):
         logits = next_token_logits(lm, step, cache=fork_cache(cache))
     states = torch.stack([store[i] for i in range(lm.num_layers)], dim=1)
-    return logits.argmax(-1), _gold_logprob(logits, gold), top_two_gap(logits.float()), states
+    margins = top_two_gap(logits.float()) if with_margins else None
+    return logits.argmax(-1), _gold_logprob(logits, gold), margins, states
 
 
 def _gold_logprob(logits: torch.Tensor, gold: torch.Tensor | None) -> torch.Tensor | None:
